@@ -1,0 +1,307 @@
+"""The ``medsearch`` command-line interface.
+
+Commands are thin: they parse options, open the instance and call a library
+function.  Every command is documented in ``docs/cli.md`` (a test enforces it).
+A command whose capability has not landed raises :class:`NotBuiltError`, which
+exits non-zero and says what it waits for: it never pretends to work.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from medsearch.errors import MedsearchError, NotBuiltError
+
+
+class _Group(click.Group):
+    """Maps every :class:`MedsearchError` to its message and exit code, in one place."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedsearchError as exc:
+            click.echo(f"error: {exc.message}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def _home(ctx: click.Context) -> Path | None:
+    return ctx.find_root().params.get("home")
+
+
+def _instance(ctx: click.Context):
+    from medsearch.instance import open_instance
+    from medsearch.logs import setup_logging
+
+    inst = open_instance(_home(ctx))
+    setup_logging(inst.settings.log_level, inst.settings.log_format)
+    ctx.call_on_close(inst.close)
+    return inst
+
+
+def _echo_json(data) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), envvar="MEDSEARCH_HOME",
+              help="Instance directory (default: $MEDSEARCH_HOME, else ./instance).")
+@click.version_option(package_name="medsearch")
+def cli(home):
+    """medsearch: on-premise, privacy-preserving search for CT archives."""
+
+
+# --------------------------------------------------------------------------- instance
+@cli.command()
+@click.option("--database-url", default=None, help="Database URL (default: SQLite in the instance).")
+@click.pass_context
+def init(ctx, database_url):
+    """Create or complete an instance: config, keys (0600), database, index folder."""
+    from medsearch.instance import Instance, default_home
+
+    home = _home(ctx) or default_home()
+    inst = Instance.create(home, settings={"database_url": database_url})
+    click.echo(f"instance ready at {inst.home}")
+    click.echo(f"  config:   {inst.config_file}")
+    click.echo(f"  keys:     {inst.keys_dir} (mode 0600; back them up: without them the vault is unreadable)")
+    click.echo(f"  database: {inst.engine.url.render_as_string(hide_password=True)}")
+    click.echo(f"  index:    {inst.index_dir}")
+    inst.close()
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def doctor(ctx, as_json):
+    """Check keys, database migration, index/database agreement and the model."""
+    from medsearch.doctor import run_doctor
+
+    report = run_doctor(_instance(ctx))
+    if as_json:
+        _echo_json({**report["counts"], "ok": report["ok"], "checks": report["checks"]})
+    else:
+        for c in report["checks"]:
+            click.echo(f"[{c['status']:>4}] {c['name']}: {c['detail']}" + (f"\n       fix: {c['fix']}" if c["fix"] else ""))
+        click.echo("counts: " + ", ".join(f"{k}={v}" for k, v in report["counts"].items()))
+    if not report["ok"]:
+        ctx.exit(1)
+
+
+# --------------------------------------------------------------------------- data in
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--studies", default=20, show_default=True, help="Number of studies.")
+@click.option("--seed", default=0, show_default=True, help="Random seed; the same seed gives identical bytes.")
+@click.option("--matrix", type=click.Choice(["128", "256", "512"]), default="128", show_default=True,
+              help="In-plane matrix size.")
+@click.option("--preview", is_flag=True, help="Also write PNG previews with findings outlined.")
+def synth(out, studies, seed, matrix, preview):
+    """Generate a synthetic chest-CT archive with ground truth in OUT/labels.jsonl."""
+    raise NotBuiltError("synthetic archive (issue 3)")
+
+
+@cli.command()
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.pass_context
+def deid(ctx, src, dst):
+    """Write a de-identified copy of the DICOM tree SRC to DST (PS3.15 Annex E)."""
+    raise NotBuiltError("de-identification (issue 4)")
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.pass_context
+def ingest(ctx, paths):
+    """De-identify, assemble and store the DICOM series under PATHS."""
+    raise NotBuiltError("ingest (issue 4)")
+
+
+@cli.command()
+@click.option("--dicomweb", "url", required=True, help="Base URL of the DICOMweb service.")
+@click.option("--since", default=None, help="Only studies on or after this date (YYYY-MM-DD).")
+@click.pass_context
+def pull(ctx, url, since):
+    """Backfill CT studies from a DICOMweb server (QIDO-RS + WADO-RS), resumable."""
+    raise NotBuiltError("PACS pull mode (issue 9)")
+
+
+# --------------------------------------------------------------------------- terminology
+@cli.group(cls=_Group)
+def terms():
+    """Terminology: parse radiology phrases, import SNOMED CT / RadLex."""
+
+
+@terms.command("parse")
+@click.argument("text")
+@click.option("--json", "as_json", is_flag=True, help="Print the structured parse as JSON.")
+def terms_parse(text, as_json):
+    """Parse an English or Chinese radiology phrase into a structured query."""
+    raise NotBuiltError("terminology and query understanding (issue 5)")
+
+
+# --------------------------------------------------------------------------- model and search
+@cli.command()
+@click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
+              help="Synthetic archive or hospital DICOM tree.")
+@click.option("--reports", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Reports (CSV/JSONL keyed by accession number) for a hospital archive.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder.")
+def train(archive, reports, out):
+    """Train the image and text towers (and reranker) contrastively."""
+    raise NotBuiltError("image and text towers (issue 6)")
+
+
+@cli.command("eval")
+@click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)
+@click.option("--json", "as_json", is_flag=True)
+def eval_(archive, model_dir, as_json):
+    """Evaluate report->volume and phrase->volume retrieval on an archive."""
+    raise NotBuiltError("model evaluation (issue 6)")
+
+
+@cli.command()
+@click.argument("text")
+@click.option("-k", default=10, show_default=True, help="Number of studies.")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--reveal", is_flag=True, help="Add original StudyInstanceUID and accession (admin, audited).")
+@click.option("--reason", default=None, help="Why the identifiers are revealed (required with --reveal).")
+@click.pass_context
+def search(ctx, text, k, as_json, reveal, reason):
+    """Search the archive with an English or Chinese phrase."""
+    raise NotBuiltError("search pipeline (issue 7)")
+
+
+# --------------------------------------------------------------------------- services
+@cli.command()
+@click.option("--host", default=None, help="Bind address (default: setting web_host).")
+@click.option("--port", default=None, type=int, help="Port (default: setting web_port).")
+@click.pass_context
+def serve(ctx, host, port):
+    """Serve the web page and the REST API with a production WSGI server."""
+    raise NotBuiltError("web app and REST API (issue 8)")
+
+
+@cli.command()
+@click.option("--port", default=None, type=int, help="Port (default: setting scp_port).")
+@click.option("--ae-title", default=None, help="AE title (default: setting scp_ae_title).")
+@click.pass_context
+def scp(ctx, port, ae_title):
+    """Run the DICOM Storage SCP (C-ECHO, C-STORE) that feeds ingest."""
+    raise NotBuiltError("PACS receiver (issue 9)")
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Process the queue once, then exit.")
+@click.pass_context
+def worker(ctx, once):
+    """Ingest queued series, with retries and a dead-letter list."""
+    raise NotBuiltError("ingest worker (issue 9)")
+
+
+# --------------------------------------------------------------------------- governance
+@cli.group(cls=_Group)
+def audit():
+    """The tamper-evident audit log."""
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx):
+    """Verify the hash chain; name the first bad entry."""
+    from medsearch.audit.log import verify_chain
+
+    inst = _instance(ctx)
+    result = verify_chain(inst.sessions, inst.keyring.secret("audit"))
+    if result.ok:
+        click.echo(f"audit chain ok: {result.checked} entries verified")
+        return
+    click.echo(f"audit chain BROKEN at entry {result.first_bad_id}: {result.problem} "
+               f"({result.checked} entries before it verified)", err=True)
+    ctx.exit(6)
+
+
+@audit.command("export")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "atna"]), default="json", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="File (default: stdout).")
+@click.pass_context
+def audit_export(ctx, fmt, out):
+    """Export audit events as CSV, JSON or DICOM ATNA (PS3.15 A.5) messages."""
+    raise NotBuiltError("audit export (issue 8)")
+
+
+@cli.group(cls=_Group)
+def users():
+    """Local user accounts."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["radiologist", "compliance", "admin", "pacs"]), required=True)
+@click.pass_context
+def users_add(ctx, name, role):
+    """Add a user; the password is read from stdin when it is not a TTY."""
+    raise NotBuiltError("accounts (issue 8)")
+
+
+@users.command("list")
+@click.pass_context
+def users_list(ctx):
+    """List users and their roles."""
+    raise NotBuiltError("accounts (issue 8)")
+
+
+@users.command("disable")
+@click.argument("name")
+@click.pass_context
+def users_disable(ctx, name):
+    """Disable a user."""
+    raise NotBuiltError("accounts (issue 8)")
+
+
+@cli.group(cls=_Group)
+def tokens():
+    """API tokens for PACS and integrations."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["radiologist", "compliance", "admin", "pacs"]), default="pacs",
+              show_default=True)
+@click.option("--days", type=int, default=None, help="Lifetime in days (default: setting token_days).")
+@click.pass_context
+def tokens_create(ctx, name, role, days):
+    """Create a token; it is printed once, as the last line."""
+    raise NotBuiltError("API tokens (issue 8)")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@click.pass_context
+def tokens_revoke(ctx, name):
+    """Revoke a token."""
+    raise NotBuiltError("API tokens (issue 8)")
+
+
+@cli.group(cls=_Group)
+def keys():
+    """Key management."""
+
+
+@keys.command("rotate")
+@click.pass_context
+def keys_rotate(ctx):
+    """Rotate the master key; resumable, loses no vault record."""
+    raise NotBuiltError("encrypted vault (issue 4)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    cli.main(args=argv, prog_name="medsearch")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from medsearch.cli import cli
+
+ALL = ["init", "doctor", "synth", "deid", "ingest", "terms", "train", "eval", "search", "serve", "scp",
+       "worker", "audit", "users", "tokens", "keys", "pull"]
+
+
+def run(args, home=None, input=None):
+    runner = CliRunner()
+    full = (["--home", str(home)] if home else []) + args
+    return runner.invoke(cli, full, input=input, catch_exceptions=False)
+
+
+def test_help_lists_every_command():
+    out = run(["--help"]).output
+    for name in ALL:
+        assert f"  {name} " in out or f"  {name}\n" in out, name
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_command_has_help(name):
+    result = run([name, "--help"])
+    assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_init_and_doctor_json(home, db_url):
+    assert run(["init", "--database-url", db_url], home).exit_code == 0
+    assert oct((home / "keys" / "master.key").stat().st_mode & 0o777) == "0o600"
+    result = run(["doctor", "--json"], home)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["ok"] is True
+    assert {"studies", "series", "vectors"} <= set(report)
+    assert report["studies"] == 0
+
+
+def test_init_is_idempotent(home):
+    run(["init"], home)
+    key = (home / "keys" / "master.key").read_bytes()
+    assert run(["init"], home).exit_code == 0
+    assert (home / "keys" / "master.key").read_bytes() == key
+
+
+def test_commands_without_instance_say_how_to_create_one(home):
+    result = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
+    assert result.exit_code == 3
+    assert "medsearch init" in result.output
+
+
+def test_bad_config_stops_with_hint(home):
+    run(["init"], home)
+    (home / "config.toml").write_text("[medsearch]\nlog_formt = 'json'\n")
+    result = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
+    assert result.exit_code == 2
+    assert "Did you mean 'log_format'" in result.output
