@@ -75,6 +75,7 @@ class Volume(Base):
     path: Mapped[str] = mapped_column(String(512))  # relative to the instance data_dir
     shape: Mapped[list] = mapped_column(JSON)  # [z, y, x]
     spacing: Mapped[list] = mapped_column(JSON)  # [z, y, x] in mm
+    affine: Mapped[list | None] = mapped_column(JSON)  # 4x4 voxel (x, y, z) -> patient LPS mm
     sha256: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="stored")  # stored | encoded | failed
     vector_id: Mapped[int | None] = mapped_column(Integer, unique=True)

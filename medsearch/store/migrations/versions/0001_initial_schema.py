@@ -146,6 +146,7 @@ def upgrade() -> None:
     sa.Column('path', sa.String(length=512), nullable=False),
     sa.Column('shape', sa.JSON(), nullable=False),
     sa.Column('spacing', sa.JSON(), nullable=False),
+    sa.Column('affine', sa.JSON(), nullable=True),
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('vector_id', sa.Integer(), nullable=True),
