@@ -42,6 +42,16 @@ def _instance(ctx: click.Context):
     return inst
 
 
+def _operator() -> str:
+    """The actor recorded for an administrative CLI command: the OS account running it."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (KeyError, OSError):
+        return "cli"
+
+
 def _echo_json(data) -> None:
     click.echo(json.dumps(data, ensure_ascii=False, indent=2, default=str))
 
@@ -183,7 +193,9 @@ def search(ctx, text, k, as_json, reveal, reason):
 @click.pass_context
 def serve(ctx, host, port):
     """Serve the web page and the REST API with a production WSGI server."""
-    raise NotBuiltError("web app and REST API (issue 8)")
+    from medsearch.web.serve import serve as run_server
+
+    run_server(_instance(ctx), host, port, echo=click.echo)
 
 
 @cli.command()
@@ -231,7 +243,15 @@ def audit_verify(ctx):
 @click.pass_context
 def audit_export(ctx, fmt, out):
     """Export audit events as CSV, JSON or DICOM ATNA (PS3.15 A.5) messages."""
-    raise NotBuiltError("audit export (issue 8)")
+    from medsearch.audit.export import export_events
+
+    inst = _instance(ctx)
+    if out is None:
+        n = export_events(inst, fmt, sys.stdout)
+    else:
+        with out.open("w", encoding="utf-8", newline="") as fh:
+            n = export_events(inst, fmt, fh)
+    click.echo(f"exported {n} audit events as {fmt}", err=True)
 
 
 @cli.group(cls=_Group)
@@ -245,14 +265,21 @@ def users():
 @click.pass_context
 def users_add(ctx, name, role):
     """Add a user; the password is read from stdin when it is not a TTY."""
-    raise NotBuiltError("accounts (issue 8)")
+    from medsearch.accounts import disable_user
+
+    disable_user(_instance(ctx), name, actor=_operator())
+    click.echo(f"user '{name}' disabled")
 
 
 @users.command("list")
 @click.pass_context
 def users_list(ctx):
     """List users and their roles."""
-    raise NotBuiltError("accounts (issue 8)")
+    from medsearch.accounts import list_users
+
+    for u in list_users(_instance(ctx)):
+        state = "disabled" if u["disabled"] else ("locked" if u["locked"] else "active")
+        click.echo(f"{u['name']:<24} {u['role']:<12} {state}")
 
 
 @users.command("disable")
@@ -260,7 +287,15 @@ def users_list(ctx):
 @click.pass_context
 def users_disable(ctx, name):
     """Disable a user."""
-    raise NotBuiltError("accounts (issue 8)")
+    from medsearch.accounts import add_user
+
+    inst = _instance(ctx)
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    add_user(inst, name, password, role, actor=_operator())
+    click.echo(f"user '{name}' added with role {role}")
 
 
 @cli.group(cls=_Group)
@@ -276,7 +311,20 @@ def tokens():
 @click.pass_context
 def tokens_create(ctx, name, role, days):
     """Create a token; it is printed once, as the last line."""
-    raise NotBuiltError("API tokens (issue 8)")
+    from medsearch.accounts import revoke_token
+
+    n = revoke_token(_instance(ctx), name, actor=_operator())
+    click.echo(f"revoked {n} token(s) named '{name}'")
+
+
+@tokens.command("list")
+@click.pass_context
+def tokens_list(ctx):
+    """List tokens (names, roles, expiry, state; never the tokens)."""
+    from medsearch.accounts import list_tokens
+
+    for t in list_tokens(_instance(ctx)):
+        click.echo(f"{t['name']:<24} {t['role']:<12} {t['state']:<8} expires {t['expires_at']}")
 
 
 @tokens.command("revoke")
@@ -284,7 +332,11 @@ def tokens_create(ctx, name, role, days):
 @click.pass_context
 def tokens_revoke(ctx, name):
     """Revoke a token."""
-    raise NotBuiltError("API tokens (issue 8)")
+    from medsearch.accounts import create_token
+
+    token = create_token(_instance(ctx), name, role, days, actor=_operator())
+    click.echo(f"token '{name}' ({role}) created; it is shown once, store it now:")
+    click.echo(token)
 
 
 @cli.group(cls=_Group)

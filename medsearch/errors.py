@@ -107,6 +107,7 @@ class NotBuiltError(MedsearchError):
 
     exit_code = 64
     code = "not_built"
+    http_status = 503
 
     def __init__(self, capability: str):
         super().__init__(

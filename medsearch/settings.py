@@ -89,6 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("viewer_url_template", "http://pacs.local/viewer?StudyInstanceUID={study_uid}&AccessionNumber={accession}",
             "Where 'Open in PACS' redirects; {study_uid} and {accession} are filled in."),
     Setting("syslog_address", "", "host:port of an RFC 5424 syslog collector (TLS) for audit events. Empty: off."),
+    Setting("web_behind_tls_proxy", False, "The server sits behind a TLS-terminating proxy (deploy/nginx): trust "
+            "its X-Forwarded-* headers and mark session cookies Secure.", bool),
     # -- PACS
     Setting("scp_ae_title", "MEDSEARCH", "AE title of the Storage SCP."),
     Setting("scp_port", 11112, "Port of the Storage SCP.", int),
@@ -96,6 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scp_quiet_seconds", 10, "Seconds without new instances after which a series is complete.", int),
     Setting("spool_dir", "spool", "Folder where received instances are spooled, relative to the instance home."),
     Setting("worker_max_attempts", 5, "Attempts before an ingest job goes to the dead-letter list.", int),
+    Setting("syslog_ca_file", "", "PEM CA bundle that signs the syslog collector's certificate. Empty: system CAs."),
+    Setting("login_rate_per_minute", 10, "Login attempts allowed per client address per minute.", int),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

@@ -4,6 +4,8 @@
 set -euo pipefail
 # command-or-file  debian-package
 NEEDS=(
+  "/usr/bin/chromium chromium"
+  "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc fonts-noto-cjk"
 )
 missing=()
 for entry in "${NEEDS[@]}"; do

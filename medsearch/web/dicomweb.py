@@ -1,0 +1,171 @@
+"""DICOMweb STOW-RS (PS3.18 10.5): ``POST /dicomweb/studies``.
+
+The body (``multipart/related; type="application/dicom"``) is streamed to a
+private spool folder, split into parts, and each part that parses as DICOM is
+handed to :func:`medsearch.dicom.ingest.ingest_paths` (which de-identifies it).
+The spool, which holds identifiable data, is removed whatever happens.
+
+Answers: 200 all stored; 202 some failed (FailedSOPSequence lists them);
+409 none stored; 400 malformed request; 415 wrong media type.  The response
+body is ``application/dicom+json``; it echoes only the SOP Class/Instance UIDs
+that the sender itself sent.
+"""
+
+from __future__ import annotations
+
+import mmap
+import secrets
+import shutil
+from pathlib import Path
+
+from flask import Blueprint, Response, g, json, request
+
+from medsearch.errors import InputError, MedsearchError
+from medsearch.web.catalog import capability
+from medsearch.web.instance import get_instance
+from medsearch.web.security import roles
+
+bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
+# PS3.18 / PS3.4 failure reasons (0008,1197)
+PROCESSING_FAILURE = 0x0110
+CANNOT_UNDERSTAND = 0xC000
+REFUSED = 0xA700  # out of resources / refused by policy
+CHUNK = 1 << 20
+
+
+class UnsupportedMediaType(MedsearchError):
+    http_status = 415
+    code = "unsupported_media_type"
+
+
+def _boundary() -> bytes:
+    mime = request.mimetype
+    params = request.mimetype_params
+    if mime != "multipart/related":
+        raise UnsupportedMediaType(f"STOW-RS takes multipart/related, not '{mime[:40]}'.",
+                                   'Send Content-Type: multipart/related; type="application/dicom"; boundary=...')
+    part_type = (params.get("type") or "").lower()
+    if part_type != "application/dicom":
+        raise UnsupportedMediaType("Only the part type application/dicom is supported.",
+                                   'Send Content-Type: multipart/related; type="application/dicom"; boundary=...')
+    boundary = params.get("boundary")
+    if not boundary or len(boundary) > 200:
+        raise InputError("The multipart boundary is missing.", "Add boundary=... to the Content-Type header.")
+    return boundary.encode("latin-1")
+
+
+def _spool_body(dest: Path) -> Path:
+    body = dest / "body"
+    with body.open("wb") as fh:
+        while True:
+            chunk = request.stream.read(CHUNK)
+            if not chunk:
+                break
+            fh.write(chunk)
+    return body
+
+
+def split_parts(body: Path, boundary: bytes, out_dir: Path) -> list[tuple[Path, str]]:
+    """Write each part's payload to ``out_dir``; return (path, content type) per part."""
+    delim = b"--" + boundary
+    parts: list[tuple[Path, str]] = []
+    with body.open("rb") as fh:
+        if body.stat().st_size == 0:
+            raise InputError("The request body is empty.", "Send at least one DICOM part.")
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            pos = mm.find(delim)
+            if pos < 0:
+                raise InputError("The body has no part with the declared boundary.", "Check the multipart encoding.")
+            while True:
+                pos += len(delim)
+                if mm[pos:pos + 2] == b"--":
+                    break  # closing delimiter
+                head_end = mm.find(b"\r\n\r\n", pos)
+                nxt = mm.find(b"\r\n" + delim, pos)
+                if head_end < 0 or nxt < 0 or head_end > nxt:
+                    raise InputError("A multipart part is malformed.", "Check the multipart encoding (CRLF line ends).")
+                headers = mm[pos:head_end].decode("latin-1").strip().split("\r\n")
+                ctype = ""
+                for line in headers:
+                    name, _, value = line.partition(":")
+                    if name.strip().lower() == "content-type":
+                        ctype = value.split(";")[0].strip().lower()
+                path = out_dir / f"part{len(parts):05d}.dcm"
+                path.write_bytes(mm[head_end + 4:nxt])
+                parts.append((path, ctype))
+                pos = nxt + 2
+    if not parts:
+        raise InputError("The body has no parts.", "Send at least one DICOM part.")
+    return parts
+
+
+def _uids(path: Path) -> tuple[str, str] | None:
+    """(SOPClassUID, SOPInstanceUID) or None when the part is not DICOM."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, TypeError, KeyError):
+        return None
+    cls, inst = ds.get("SOPClassUID"), ds.get("SOPInstanceUID")
+    return (str(cls), str(inst)) if cls and inst else None
+
+
+def _item(uids: tuple[str, str], reason: int | None = None) -> dict:
+    item = {"00081150": {"vr": "UI", "Value": [uids[0]]}, "00081155": {"vr": "UI", "Value": [uids[1]]}}
+    if reason is not None:
+        item["00081197"] = {"vr": "US", "Value": [reason]}
+    return item
+
+
+def file_outcomes(report, paths: list[Path]) -> dict[Path, bool]:
+    """Which spooled files the ingest report counts as stored."""
+    outcomes = {}
+    by_path = {}
+    for f in getattr(report, "files", []) or []:
+        p = getattr(f, "path", None) if not isinstance(f, dict) else f.get("path")
+        status = getattr(f, "status", None) if not isinstance(f, dict) else f.get("status")
+        if p is not None:
+            by_path[Path(p).resolve()] = status
+    for p in paths:
+        status = by_path.get(p.resolve())
+        outcomes[p] = status in ("stored", "ingested", "ok", "duplicate", "success")
+    return outcomes
+
+
+@bp.route("/studies", methods=["POST"])
+@roles("pacs", "admin")
+def stow():
+    boundary = _boundary()
+    ingest_paths = capability("medsearch.dicom.ingest", "ingest_paths", "ingest (issue 4)")
+    inst = get_instance()
+    spool = inst.spool_dir / "stow" / secrets.token_hex(8)
+    spool.mkdir(parents=True, mode=0o700)
+    try:
+        parts = split_parts(_spool_body(spool), boundary, spool)
+        (spool / "body").unlink()
+        referenced, failed, to_ingest = [], [], []
+        for path, ctype in parts:
+            uids = _uids(path)
+            if ctype not in ("application/dicom", "") or uids is None:
+                failed.append(_item(uids or ("", ""), CANNOT_UNDERSTAND))
+                path.unlink()
+            else:
+                to_ingest.append((path, uids))
+        if to_ingest:
+            report = ingest_paths(inst, [p for p, _ in to_ingest], source="stow")
+            stored = file_outcomes(report, [p for p, _ in to_ingest])
+            for path, uids in to_ingest:
+                (referenced if stored[path] else failed).append(
+                    _item(uids) if stored[path] else _item(uids, PROCESSING_FAILURE))
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+    body = {}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    status = 200 if not failed else (202 if referenced else 409)
+    g.stow_counts = {"stored": len(referenced), "failed": len(failed)}
+    return Response(json.dumps(body), status=status, mimetype="application/dicom+json")
