@@ -71,7 +71,14 @@ def check_model(inst: Instance) -> Check:
     return registry.doctor_check(inst, Check)
 
 
-CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model]
+def check_ingest_queue(inst: Instance) -> Check:
+    """Dead-lettered ingest jobs, listed with their errors and the fix."""
+    from medsearch.pacs import queue
+
+    return queue.doctor_check(inst, Check)
+
+
+CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model, check_ingest_queue]
 
 
 def counts(inst: Instance) -> dict[str, int]:
@@ -97,7 +104,7 @@ def counts(inst: Instance) -> dict[str, int]:
 
 
 #: Checks that read tables; they are skipped while the database check fails.
-NEEDS_DATABASE = {"check_index"}
+NEEDS_DATABASE = {"check_index", "check_ingest_queue"}
 
 
 def run_doctor(inst: Instance) -> dict:

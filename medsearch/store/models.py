@@ -174,7 +174,8 @@ class IngestJob(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")  # queued | running | done | dead
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)  # an error message, never PHI
-    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))  # queued: not before; running: lease end
+    claimed_by: Mapped[str | None] = mapped_column(String(64))  # claim token of the worker holding the lease
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -50,6 +50,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
     sa.Column('next_attempt_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('claimed_by', sa.String(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id'),
@@ -113,8 +114,8 @@ def upgrade() -> None:
     sa.Column('modality', sa.String(length=16), nullable=True),
     sa.Column('body_part', sa.String(length=32), nullable=True),
     sa.Column('description', sa.String(length=128), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('site', sa.String(length=64), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
     sa.UniqueConstraint('pseudonym'),
@@ -122,8 +123,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_studies_patient_id'), ['patient_id'], unique=False)
-
         batch_op.create_index(batch_op.f('ix_studies_site'), ['site'], unique=False)
+
     op.create_table('series',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('pseudonym', sa.String(length=64), nullable=False),
@@ -191,8 +192,8 @@ def downgrade() -> None:
 
     op.drop_table('series')
     with op.batch_alter_table('studies', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_studies_patient_id'))
         batch_op.drop_index(batch_op.f('ix_studies_site'))
+        batch_op.drop_index(batch_op.f('ix_studies_patient_id'))
 
     op.drop_table('studies')
     with op.batch_alter_table('vault_records', schema=None) as batch_op:
