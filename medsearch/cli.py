@@ -119,15 +119,46 @@ def synth(out, studies, seed, matrix, preview):
 @click.pass_context
 def deid(ctx, src, dst):
     """Write a de-identified copy of the DICOM tree SRC to DST (PS3.15 Annex E)."""
-    raise NotBuiltError("de-identification (issue 4)")
+    from medsearch.dicom.deid_tree import deid_tree
+
+    report = deid_tree(_instance(ctx), src, dst, progress=True)
+    for f in report.files:
+        if f.reason and f.outcome != "not_dicom":
+            click.echo(f"  {f.outcome}: sha256 {f.sha256[:16] if f.sha256 else '-'}: {f.reason}")
+    click.echo(report.summary())
+    ctx.exit(0 if report.all_handled else 1)
 
 
 @cli.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--encode-pending", is_flag=True, help="Encode every stored volume that is not encoded yet.")
+@click.option("--json", "as_json", is_flag=True, help="Print the per-file and per-series outcomes as JSON.")
 @click.pass_context
-def ingest(ctx, paths):
+def ingest(ctx, paths, encode_pending, as_json):
     """De-identify, assemble and store the DICOM series under PATHS."""
-    raise NotBuiltError("ingest (issue 4)")
+    from medsearch.dicom.ingest import encode_pending as run_encode_pending
+    from medsearch.dicom.ingest import ingest_paths
+
+    if not paths and not encode_pending:
+        raise click.UsageError("Give PATH... to ingest, or --encode-pending.")
+    inst = _instance(ctx)
+    if paths:
+        report = ingest_paths(inst, paths, source="cli", progress=not as_json)
+        if as_json:
+            _echo_json(report.to_dict())
+        else:
+            for f in report.files:
+                if f.reason and f.outcome not in ("not_dicom", "already_ingested"):
+                    click.echo(f"  {f.outcome}: sha256 {f.sha256[:16] if f.sha256 else '-'}: {f.reason}")
+            click.echo(report.summary())
+    if encode_pending:
+        counts = run_encode_pending(inst, progress=not as_json)
+        if as_json:
+            _echo_json(counts)
+        else:
+            why = counts["not_encoded_because"]
+            click.echo(f"encode pending: {counts['encoded']} encoded, {counts['failed']} failed of "
+                       f"{counts['pending']}" + (f" (not encoded: {why})" if why else ""))
 
 
 @cli.command()
@@ -348,7 +379,11 @@ def keys():
 @click.pass_context
 def keys_rotate(ctx):
     """Rotate the master key; resumable, loses no vault record."""
-    raise NotBuiltError("encrypted vault (issue 4)")
+    from medsearch.dicom.rotate import rotate
+
+    report = rotate(_instance(ctx), actor="cli")
+    click.echo(report.summary())
+    ctx.exit(0 if report.complete else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
+from medsearch.dicom.reading import quiet, read_dicom
 from medsearch.errors import InputError
 
 #: Orientation cosines may differ by this much and still count as one orientation.
@@ -80,10 +80,15 @@ def _read(item: str | Path | Dataset) -> Dataset:
     if isinstance(item, Dataset):
         return item
     try:
-        return pydicom.dcmread(item)
-    except (pydicom.errors.InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise SeriesError(f"A file of the series is not readable DICOM ({type(exc).__name__}).",
-                          "Check the file; ingest quarantines it with this reason.") from None
+        ds = read_dicom(item)
+    except OSError as exc:
+        ds, reason = None, type(exc).__name__
+    else:
+        reason = "not DICOM"
+    if ds is None:
+        raise SeriesError(f"A file of the series is not readable DICOM ({reason}).",
+                          "Check the file; ingest quarantines it with this reason.")
+    return ds
 
 
 def _floats(value, n: int, what: str) -> np.ndarray:
@@ -107,7 +112,8 @@ def _decode(ds: Dataset) -> np.ndarray:
         raise SeriesError("The series is not monochrome (colour or palette images cannot be HU volumes).",
                           "Only grayscale CT/MR series are ingested.")
     try:
-        return ds.pixel_array
+        with quiet():
+            return ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes one clear, PHI-free reason
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = ts.name if ts is not None else "unknown"
