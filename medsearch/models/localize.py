@@ -1,0 +1,112 @@
+"""Key-slice localisation from a text-conditioned heatmap over the spatial feature map.
+
+The reranker's text-to-image attention (or, without a reranker, the similarity
+of each spatial cell to the query) is a heatmap on the image tower's coarse
+grid, laid over the *canonical* volume (RAS, fixed spacing).  To show it to a
+radiologist it must land on the *native* series: this module maps the heat
+peak through the canonical affine (voxel -> RAS mm) and the native affine
+(voxel -> LPS mm) back to a native slice index (the "slice index in the main
+series", as in the labels' ``slice_range``) and a box in that slice's pixels.
+
+Everything here is plain array maths, tested on synthetic heatmaps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+#: Cells at or above this fraction of the peak form the region (box) around it.
+REGION_FRACTION = 0.5
+#: Upsampling factor of the coarse heatmap before the peak is taken (sub-cell peaks).
+UPSAMPLE = 4
+
+_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def cell_heatmap(query: np.ndarray, spatial: np.ndarray, temperature: float = 0.1) -> np.ndarray:
+    """Heatmap from the similarity of each spatial cell to a query vector (no reranker).
+
+    Args:
+        query: (C,) vector in the spatial map's channel space.
+        spatial: (C, X, Y, Z) feature map.
+
+    Returns:
+        (X, Y, Z) float32, a softmax over cells (sums to 1).
+    """
+    c = spatial.shape[0]
+    cells = spatial.reshape(c, -1).astype(np.float32)
+    cells = cells / (np.linalg.norm(cells, axis=0, keepdims=True) + 1e-6)
+    q = np.asarray(query, dtype=np.float32)
+    q = q / (np.linalg.norm(q) + 1e-6)
+    logits = (q @ cells) / temperature
+    logits -= logits.max()
+    p = np.exp(logits)
+    return (p / p.sum()).reshape(spatial.shape[1:]).astype(np.float32)
+
+
+def upsample(heat: np.ndarray, factor: int = UPSAMPLE) -> np.ndarray:
+    """Trilinear upsampling of a (X, Y, Z) heatmap by ``factor`` (cell centres aligned)."""
+    t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]
+    size = [max(1, n * factor) for n in heat.shape]
+    return F.interpolate(t, size=size, mode="trilinear", align_corners=False)[0, 0].numpy()
+
+
+def fine_to_canonical(idx: np.ndarray, fine_shape: Sequence[int], canon_shape: Sequence[int]) -> np.ndarray:
+    """Fine-heatmap voxel indices (n, 3) -> continuous canonical voxel coordinates (n, 3)."""
+    scale = np.asarray(canon_shape, dtype=np.float64) / np.asarray(fine_shape, dtype=np.float64)
+    return (np.asarray(idx, dtype=np.float64) + 0.5) * scale - 0.5
+
+
+def canonical_to_native(coords: np.ndarray, canon_affine: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
+    """Canonical voxel coordinates (n, 3) -> native voxel coordinates (n, 3) as (x, y, z=slice).
+
+    Args:
+        canon_affine: 4x4, canonical voxel (R, A, S order) -> RAS mm.
+        native_affine: 4x4, native voxel (x, y, z) -> LPS mm.
+    """
+    pts = np.c_[np.asarray(coords, dtype=np.float64), np.ones(len(coords))]
+    lps = (_LPS_RAS @ np.asarray(canon_affine, dtype=np.float64) @ pts.T)
+    native = np.linalg.inv(np.asarray(native_affine, dtype=np.float64)) @ lps
+    return native[:3].T
+
+
+def localize(heat: np.ndarray, canon_shape: Sequence[int], canon_affine: np.ndarray, native_affine: np.ndarray,
+             native_shape: Sequence[int]) -> tuple[int, list[int]]:
+    """Key slice and region of a heatmap, on the native series.
+
+    Args:
+        heat: (X, Y, Z) heatmap over the canonical grid (the spatial map's resolution).
+        canon_shape: canonical grid shape (R, A, S).
+        canon_affine: 4x4 canonical voxel -> RAS mm.
+        native_affine: 4x4 native voxel (x, y, z) -> LPS mm.
+        native_shape: native volume shape (z, y, x).
+
+    Returns:
+        (key slice index in the native series, [x0, y0, x1, y1] pixel box on that slice).
+    """
+    fine = upsample(heat)
+    peak = np.unravel_index(int(np.argmax(fine)), fine.shape)
+    # the region: cells of the peak's axial (S) plane that reach REGION_FRACTION of the peak
+    plane = fine[:, :, peak[2]]
+    rr, aa = np.nonzero(plane >= REGION_FRACTION * fine[peak])
+    region = np.c_[rr, aa, np.full(len(rr), peak[2])]
+    pts = fine_to_canonical(np.vstack([np.asarray(peak)[None], region]), fine.shape, canon_shape)
+    # the corners of each fine voxel, so that a one-cell region still has an extent
+    half = 0.5 * np.asarray(canon_shape, dtype=np.float64) / np.asarray(fine.shape, dtype=np.float64)
+    corners = np.vstack([pts[1:] + half * np.array(s) for s in ((-1, -1, 0), (1, 1, 0), (-1, 1, 0), (1, -1, 0))])
+    native_peak = canonical_to_native(pts[:1], canon_affine, native_affine)[0]
+    native_box = canonical_to_native(corners, canon_affine, native_affine)
+    nz, ny, nx = (int(n) for n in native_shape)
+    key = int(np.clip(np.rint(native_peak[2]), 0, nz - 1))
+    x0, x1 = np.clip([native_box[:, 0].min(), native_box[:, 0].max()], 0, nx - 1)
+    y0, y1 = np.clip([native_box[:, 1].min(), native_box[:, 1].max()], 0, ny - 1)
+    return key, [int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1)), int(np.ceil(y1))]
+
+
+def slice_hit(key_slice: int, slice_range: Sequence[int]) -> bool:
+    """True when a key slice falls within a finding's [first, last] slice range."""
+    return int(slice_range[0]) <= int(key_slice) <= int(slice_range[1])
