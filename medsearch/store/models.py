@@ -47,8 +47,6 @@ class Study(Base):
     description: Mapped[str | None] = mapped_column(String(128))  # cleaned
     #: hospital site (not anatomy) the study came from; a user with allowed_sites sees only those sites
     site: Mapped[str | None] = mapped_column(String(64), index=True)
-    #: hospital site (not anatomy) the study came from; a user with allowed_sites sees only those sites
-    site: Mapped[str | None] = mapped_column(String(64), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     patient: Mapped[Patient] = relationship(back_populates="studies")
     series: Mapped[list[Series]] = relationship(back_populates="study", cascade="all, delete-orphan")

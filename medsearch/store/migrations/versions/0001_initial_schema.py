@@ -115,7 +115,6 @@ def upgrade() -> None:
     sa.Column('body_part', sa.String(length=32), nullable=True),
     sa.Column('description', sa.String(length=128), nullable=True),
     sa.Column('site', sa.String(length=64), nullable=True),
-    sa.Column('site', sa.String(length=64), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['patient_id'], ['patients.id'], ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id'),
@@ -123,7 +122,6 @@ def upgrade() -> None:
     sa.UniqueConstraint('uid')
     )
     with op.batch_alter_table('studies', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_studies_site'), ['site'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_patient_id'), ['patient_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_studies_site'), ['site'], unique=False)
 
@@ -192,7 +190,6 @@ def downgrade() -> None:
     with op.batch_alter_table('series', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_series_study_id'))
 
-        batch_op.drop_index(batch_op.f('ix_studies_site'))
     op.drop_table('series')
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_studies_site'))
