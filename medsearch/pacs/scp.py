@@ -158,8 +158,9 @@ class Sealer(threading.Thread):
         self.inst, self.spool, self.quiet = inst, spool, quiet
         self.stop = threading.Event()
         self._lock = threading.Lock()
-        # After a restart, series still in incoming/ resume their timers from the files' mtimes.
-        self._last: dict[str, float] = spool.incoming()
+        # After a restart, series still in incoming/ get a full quiet period from now: a sender that
+        # lost its association in the crash can resend into the same folder before it is sealed.
+        self._last: dict[str, float] = {key: time.time() for key in spool.incoming()}
 
     def touch(self, series_key: str) -> None:
         with self._lock:
@@ -246,10 +247,12 @@ class StoreHandler:
 
 def _log_association(event) -> None:
     rq = event.assoc.requestor
-    rejected = [UID(cx.abstract_syntax).name for cx in event.assoc.rejected_contexts]
+    rejected = sorted({UID(cx.abstract_syntax).name for cx in event.assoc.rejected_contexts})
     if rejected:
-        log.warning("association from %s@%s: presentation contexts rejected (not supported): %s",
-                    rq.ae_title.strip(), rq.address, ", ".join(sorted(set(rejected))))
+        # INFO, not WARNING: senders such as storescu propose every storage class they know.
+        log.info("association from %s@%s: %d presentation contexts rejected (SOP class not supported): %s%s",
+                 rq.ae_title.strip(), rq.address, len(rejected), ", ".join(rejected[:8]),
+                 ", ..." if len(rejected) > 8 else "")
     log.info("association from %s@%s accepted", rq.ae_title.strip(), rq.address)
 
 
