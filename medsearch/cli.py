@@ -108,9 +108,17 @@ def doctor(ctx, as_json):
 @click.option("--matrix", type=click.Choice(["128", "256", "512"]), default="128", show_default=True,
               help="In-plane matrix size.")
 @click.option("--preview", is_flag=True, help="Also write PNG previews with findings outlined.")
-def synth(out, studies, seed, matrix, preview):
+@click.option("--workers", default=None, type=click.IntRange(1, 64),
+              help="Worker processes (default: all cores); the output does not depend on it.")
+def synth(out, studies, seed, matrix, preview, workers):
     """Generate a synthetic chest-CT archive with ground truth in OUT/labels.jsonl."""
-    raise NotBuiltError("synthetic archive (issue 3)")
+    from medsearch.synth.archive import generate_archive
+
+    summary = generate_archive(out, studies, seed, int(matrix), preview=preview, workers=workers)
+    click.echo(f"wrote {summary['studies']} studies of {summary['patients']} patients "
+               f"({summary['files']} files, {summary['normal']} normal) to {summary['out']} "
+               f"in {summary['seconds']:.1f} s")
+    click.echo("findings: " + ", ".join(f"{k}={v}" for k, v in sorted(summary["findings"].items())))
 
 
 @cli.command()
@@ -167,7 +175,10 @@ def ingest(ctx, paths, encode_pending, as_json):
 @click.pass_context
 def pull(ctx, url, since):
     """Backfill CT studies from a DICOMweb server (QIDO-RS + WADO-RS), resumable."""
-    raise NotBuiltError("PACS pull mode (issue 9)")
+    from medsearch.pacs.pull import pull as run_pull
+
+    report = run_pull(_instance(ctx), url, since=since)
+    click.echo("pull: " + ", ".join(f"{k}={v}" for k, v in report.as_dict().items()))
 
 
 # --------------------------------------------------------------------------- terminology
@@ -179,9 +190,78 @@ def terms():
 @terms.command("parse")
 @click.argument("text")
 @click.option("--json", "as_json", is_flag=True, help="Print the structured parse as JSON.")
-def terms_parse(text, as_json):
+@click.pass_context
+def terms_parse(ctx, text, as_json):
     """Parse an English or Chinese radiology phrase into a structured query."""
-    raise NotBuiltError("terminology and query understanding (issue 5)")
+    from medsearch.query import get_parser
+
+    parsed = get_parser(_terms_settings(ctx)).parse(text)
+    if as_json:
+        _echo_json(parsed.to_dict())
+        return
+    click.echo(f"canonical: {parsed.canonical}")
+    for f in parsed.findings:
+        d = f.to_dict()
+        attrs = ", ".join(f"{k}={v['term'] if isinstance(v, dict) and 'term' in v else v}"
+                          for k, v in d.items() if k != "concept" and v not in (None, False))
+        click.echo(f"  {'NOT ' if f.negated else ''}{f.concept.term}" + (f" ({attrs})" if attrs else ""))
+    if parsed.unmatched:
+        click.echo("unmatched: " + ", ".join(parsed.unmatched))
+
+
+def _terms_settings(ctx: click.Context):
+    """The instance's settings (config.toml and environment) without opening its database or keys."""
+    from medsearch.instance import CONFIG_NAME, default_home
+    from medsearch.settings import load_settings
+
+    return load_settings(Path(_home(ctx) or default_home()) / CONFIG_NAME)
+
+
+def _import_summary(result, as_json: bool) -> None:
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    click.echo(f"{result.source}: {result.matched} cross-referenced concepts found, {result.synonyms} synonyms "
+               f"and {result.concepts} narrower concepts written to {result.path}")
+    for label, items in (("missing from the release", result.missing), ("inactive in the release", result.inactive)):
+        if items:
+            click.echo(f"  cross-references {label}: {', '.join(items)}")
+    click.echo("Add the file to the terminology_imports setting to use it.")
+
+
+def _layer_options(f):
+    """Options shared by the terminology importers."""
+    f = click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")(f)
+    f = click.option("--depth", default=2, show_default=True, help="Levels of narrower concepts to add.")(f)
+    f = click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+                     help="Terminology layer to write (TOML).")(f)
+    return click.pass_context(f)
+
+
+def _run_import(ctx, importer, source: Path, out: Path, depth: int, as_json: bool) -> None:
+    from medsearch.query import get_parser
+
+    _import_summary(importer(source, get_parser(_terms_settings(ctx)).term, out, depth=depth), as_json)
+
+
+@terms.command("import-snomed")
+@click.argument("release", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_layer_options
+def terms_import_snomed(ctx, release, out, depth, as_json):
+    """Import a licensed SNOMED CT RF2 snapshot (Concept, Description, Relationship files)."""
+    from medsearch.query.importers.snomed import import_snomed
+
+    _run_import(ctx, import_snomed, release, out, depth, as_json)
+
+
+@terms.command("import-radlex")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_layer_options
+def terms_import_radlex(ctx, csv_file, out, depth, as_json):
+    """Import a RadLex CSV export (BioPortal)."""
+    from medsearch.query.importers.radlex import import_radlex
+
+    _run_import(ctx, import_radlex, csv_file, out, depth, as_json)
 
 
 # --------------------------------------------------------------------------- model and search
@@ -209,12 +289,78 @@ def eval_(archive, model_dir, as_json):
 @click.argument("text")
 @click.option("-k", default=10, show_default=True, help="Number of studies.")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--as", "as_user", default=None, envvar="MEDSEARCH_USER",
+              help="Act as this account (its role and allowed sites apply; default: the local operator).")
 @click.option("--reveal", is_flag=True, help="Add original StudyInstanceUID and accession (admin, audited).")
 @click.option("--reason", default=None, help="Why the identifiers are revealed (required with --reveal).")
 @click.pass_context
-def search(ctx, text, k, as_json, reveal, reason):
+def search(ctx, text, k, as_json, as_user, reveal, reason):
     """Search the archive with an English or Chinese phrase."""
-    raise NotBuiltError("search pipeline (issue 7)")
+    from medsearch.search_cli import acting_user, check_reveal, format_table, reveal_results, run_search
+
+    inst = _instance(ctx)
+    user = acting_user(inst, as_user)
+    if reveal:
+        check_reveal(user, reason)
+    out = run_search(inst, text, k, user)
+    if reveal:
+        reveal_results(inst, out, user, reason)
+    if as_json:
+        _echo_json({"query": out["query"], "results": out["results"], "total": out["total"],
+                    "took_ms": out["took_ms"]})
+    else:
+        click.echo(format_table(out))
+
+
+@cli.group(cls=_Group)
+def index():
+    """The encrypted vector index."""
+
+
+@index.command("rebuild")
+@click.pass_context
+def index_rebuild(ctx):
+    """Rebuild the index from the embeddings stored in the database."""
+    from medsearch.index import rebuild
+
+    stats = rebuild(_instance(ctx))
+    click.echo(f"index rebuilt: {stats['kind'] or 'empty'}, {stats['count']} vectors"
+               + (f", {stats['unrecoverable']} volumes without a stored embedding (re-encode them)"
+                  if stats["unrecoverable"] else ""))
+
+
+@index.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as JSON.")
+@click.pass_context
+def index_status(ctx, as_json):
+    """Show the index structure, size and memory."""
+    from medsearch.index import get_index
+
+    stats = get_index(_instance(ctx)).stats()
+    if as_json:
+        _echo_json(stats)
+    else:
+        for key, value in stats.items():
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
+@click.argument("patient")
+@click.option("--reason", required=True, help="Why (e.g. the erasure request reference); audited.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def erase(ctx, patient, reason, yes):
+    """Erase a patient (by pseudonym): vectors, files, vault records and rows; audited."""
+    import getpass
+
+    from medsearch.index.erase import erase_patient
+
+    inst = _instance(ctx)
+    if not yes:
+        click.confirm("Erase this patient permanently?", abort=True)
+    report = erase_patient(inst, patient, actor=f"cli:{getpass.getuser()}", reason=reason)
+    click.echo(f"erased: {report.studies} studies, {report.series} series, {report.vectors} vectors, "
+               f"{report.vault_records} vault records, {report.files} files")
 
 
 # --------------------------------------------------------------------------- services
@@ -235,15 +381,27 @@ def serve(ctx, host, port):
 @click.pass_context
 def scp(ctx, port, ae_title):
     """Run the DICOM Storage SCP (C-ECHO, C-STORE) that feeds ingest."""
-    raise NotBuiltError("PACS receiver (issue 9)")
+    from medsearch.pacs.scp import run_scp
+
+    run_scp(_instance(ctx), port=port, ae_title=ae_title)
 
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Process the queue once, then exit.")
+@click.option("--retry-dead", is_flag=True, help="Queue the dead-lettered jobs again (after fixing the cause).")
 @click.pass_context
-def worker(ctx, once):
+def worker(ctx, once, retry_dead):
     """Ingest queued series, with retries and a dead-letter list."""
-    raise NotBuiltError("ingest worker (issue 9)")
+    from medsearch.pacs import queue
+    from medsearch.pacs.worker import run_worker
+
+    inst = _instance(ctx)
+    if retry_dead:
+        click.echo(f"requeued {queue.retry_dead(inst)} dead-lettered jobs")
+        if once:
+            return
+    report = run_worker(inst, once=once)
+    click.echo("worker: " + ", ".join(f"{k}={v}" for k, v in report.as_dict().items()))
 
 
 # --------------------------------------------------------------------------- governance
@@ -296,10 +454,15 @@ def users():
 @click.pass_context
 def users_add(ctx, name, role):
     """Add a user; the password is read from stdin when it is not a TTY."""
-    from medsearch.accounts import disable_user
+    from medsearch.accounts import add_user
 
-    disable_user(_instance(ctx), name, actor=_operator())
-    click.echo(f"user '{name}' disabled")
+    inst = _instance(ctx)
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    add_user(inst, name, password, role, actor=_operator())
+    click.echo(f"user '{name}' added with role {role}")
 
 
 @users.command("list")
@@ -318,15 +481,10 @@ def users_list(ctx):
 @click.pass_context
 def users_disable(ctx, name):
     """Disable a user."""
-    from medsearch.accounts import add_user
+    from medsearch.accounts import disable_user
 
-    inst = _instance(ctx)
-    if sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    add_user(inst, name, password, role, actor=_operator())
-    click.echo(f"user '{name}' added with role {role}")
+    disable_user(_instance(ctx), name, actor=_operator())
+    click.echo(f"user '{name}' disabled")
 
 
 @cli.group(cls=_Group)
@@ -342,6 +500,18 @@ def tokens():
 @click.pass_context
 def tokens_create(ctx, name, role, days):
     """Create a token; it is printed once, as the last line."""
+    from medsearch.accounts import create_token
+
+    token = create_token(_instance(ctx), name, role, days, actor=_operator())
+    click.echo(f"token '{name}' ({role}) created; it is shown once, store it now:")
+    click.echo(token)
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@click.pass_context
+def tokens_revoke(ctx, name):
+    """Revoke a token."""
     from medsearch.accounts import revoke_token
 
     n = revoke_token(_instance(ctx), name, actor=_operator())
@@ -356,18 +526,6 @@ def tokens_list(ctx):
 
     for t in list_tokens(_instance(ctx)):
         click.echo(f"{t['name']:<24} {t['role']:<12} {t['state']:<8} expires {t['expires_at']}")
-
-
-@tokens.command("revoke")
-@click.argument("name")
-@click.pass_context
-def tokens_revoke(ctx, name):
-    """Revoke a token."""
-    from medsearch.accounts import create_token
-
-    token = create_token(_instance(ctx), name, role, days, actor=_operator())
-    click.echo(f"token '{name}' ({role}) created; it is shown once, store it now:")
-    click.echo(token)
 
 
 @cli.group(cls=_Group)

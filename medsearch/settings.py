@@ -22,7 +22,7 @@ from medsearch.errors import ConfigError
 
 ENV_PREFIX = "MEDSEARCH_"
 #: Environment variables with the prefix that are not settings.
-NON_SETTING_ENV = {"MEDSEARCH_HOME", "MEDSEARCH_MASTER_KEY"}
+NON_SETTING_ENV = {"MEDSEARCH_HOME", "MEDSEARCH_MASTER_KEY", "MEDSEARCH_USER"}
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,18 @@ SETTINGS: tuple[Setting, ...] = (
     # -- model and index
     Setting("model_dir", "", "Folder of a trained model. Empty means the model bundled with medsearch."),
     Setting("model_int8", True, "Run the towers with INT8 dynamic quantization on the CPU.", bool),
-    Setting("index_kind", "auto", "Vector index structure.", choices=("auto", "flat", "ivf", "hnsw", "ivfpq")),
+    Setting("index_kind", "auto", "Vector index structure.", choices=("auto", "flat", "ivf", "ivfsq", "hnsw", "ivfpq")),
     Setting("index_flat_threshold", 20000, "Below this many vectors, 'auto' uses an exact flat index.", int),
-    Setting("index_memory_budget_mb", 4096, "Memory budget for the index; 'auto' compresses (IVF-PQ) above it.", int),
+    Setting("index_memory_budget_mb", 4096, "Memory budget for the index; 'auto' compresses (IVF-SQ8, then IVF-PQ) above it.", int),
+    Setting("index_target_recall", 0.97, "Recall@10 against exact search that the approximate index's search "
+            "effort (IVF nprobe, HNSW efSearch) is tuned to when it is built.", float),
     Setting("index_backend", "faiss", "Index backend.", choices=("faiss", "milvus")),
     Setting("milvus_uri", "", "Milvus URI for the milvus backend (a file path selects milvus-lite)."),
+    # -- terminology
+    Setting("terminology_dir", "", "Folder of the core terminology (TOML concept files). Empty means the "
+            "terminology/ folder of the medsearch source tree."),
+    Setting("terminology_imports", [], "TOML files or folders written by 'medsearch terms import-snomed' / "
+            "'import-radlex', layered over the core terminology.", list),
     # -- search
     Setting("search_candidates", 1000, "Candidates taken from the ANN index before reranking.", int),
     Setting("search_cache_size", 256, "Entries in the hot-query cache.", int),
@@ -82,6 +89,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_threads", 8, "Worker threads of the WSGI server.", int),
     Setting("tls_cert", "", "PEM certificate for HTTPS. Empty: plain HTTP (put nginx with TLS in front)."),
     Setting("tls_key", "", "PEM private key for HTTPS."),
+    Setting("web_behind_tls_proxy", False, "The server sits behind a TLS-terminating proxy (deploy/nginx): trust "
+            "its X-Forwarded-* headers and mark session cookies Secure.", bool),
     Setting("session_idle_minutes", 30, "Idle time after which a web session ends.", int),
     Setting("login_max_failures", 5, "Failed logins before a lockout.", int),
     Setting("login_lockout_minutes", 15, "Length of a login lockout.", int),
@@ -89,8 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("viewer_url_template", "http://pacs.local/viewer?StudyInstanceUID={study_uid}&AccessionNumber={accession}",
             "Where 'Open in PACS' redirects; {study_uid} and {accession} are filled in."),
     Setting("syslog_address", "", "host:port of an RFC 5424 syslog collector (TLS) for audit events. Empty: off."),
-    Setting("web_behind_tls_proxy", False, "The server sits behind a TLS-terminating proxy (deploy/nginx): trust "
-            "its X-Forwarded-* headers and mark session cookies Secure.", bool),
+    Setting("syslog_ca_file", "", "PEM CA bundle that signs the syslog collector's certificate. Empty: system CAs."),
+    Setting("login_rate_per_minute", 10, "Login attempts allowed per client address per minute.", int),
     # -- PACS
     Setting("scp_ae_title", "MEDSEARCH", "AE title of the Storage SCP."),
     Setting("scp_port", 11112, "Port of the Storage SCP.", int),
@@ -98,8 +107,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("scp_quiet_seconds", 10, "Seconds without new instances after which a series is complete.", int),
     Setting("spool_dir", "spool", "Folder where received instances are spooled, relative to the instance home."),
     Setting("worker_max_attempts", 5, "Attempts before an ingest job goes to the dead-letter list.", int),
-    Setting("syslog_ca_file", "", "PEM CA bundle that signs the syslog collector's certificate. Empty: system CAs."),
-    Setting("login_rate_per_minute", 10, "Login attempts allowed per client address per minute.", int),
+    Setting("worker_backoff_seconds", 30, "Delay before the first retry of a failed ingest job; it doubles "
+            "with each further attempt (capped at one hour).", int),
+    Setting("worker_lease_seconds", 120, "A claimed ingest job whose worker sent no heartbeat for this long "
+            "(the worker died) is claimed again.", int),
+    Setting("scp_tls_cert", "", "PEM certificate of the Storage SCP. With scp_tls_key set, the SCP speaks "
+            "DICOM over TLS only (PS3.15 Annex B)."),
+    Setting("scp_tls_key", "", "PEM private key of the Storage SCP's certificate."),
+    Setting("scp_tls_ca", "", "PEM CA bundle: when set, senders must present a client certificate it signs."),
+    Setting("scp_max_pdu", 262144, "Largest PDU the Storage SCP receives, in bytes (0: unlimited). Larger PDUs "
+            "mean fewer round trips per instance.", int),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
