@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from medsearch.cli import cli
 
 ALL = ["init", "doctor", "synth", "deid", "ingest", "terms", "train", "eval", "search", "serve", "scp",
-       "worker", "audit", "users", "tokens", "keys", "pull"]
+       "worker", "audit", "users", "tokens", "keys", "pull", "index", "erase"]
 
 
 def run(args, home=None, input=None):
