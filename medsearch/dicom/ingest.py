@@ -135,6 +135,31 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_files(data_dir: Path) -> int:
+    """Remove temporary files left by an ingest that was killed (their writer's pid is gone)."""
+    removed = 0
+    for sub in ("volumes", "thumbs"):
+        for tmp in (data_dir / sub).glob(".*.tmp") if (data_dir / sub).is_dir() else ():
+            try:
+                pid = int(tmp.name.rsplit(".", 2)[-2])
+            except ValueError:
+                continue
+            if not _pid_alive(pid):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 def volume_relpath(series_pseudonym: str) -> str:
     return f"volumes/{series_pseudonym}.npy"
 
@@ -317,6 +342,7 @@ class Ingestor:
         return encode_volume(self.inst, encoder, series_key, vol)
 
     def run(self, paths: Iterable[str | Path]) -> IngestReport:
+        remove_stale_temp_files(self.inst.data_dir)
         files = iter_files(paths)
         groups: dict[str, list[Path]] = defaultdict(list)
         with tqdm(total=len(files), desc="read headers", unit="file", disable=not self.progress) as bar:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
+import re
 from dataclasses import dataclass, field
 
 from pydicom.datadict import dictionary_has_tag, keyword_for_tag
@@ -92,6 +93,7 @@ ATTRIBUTE_TYPE: dict[int, int] = {
 
 #: Keywords of elements removed with the overlay/curve groups: icon images can show the face.
 REMOVE_KEYWORDS = frozenset({"IconImageSequence"})
+_TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 DUMMY_TEXT = "ANONYMIZED"
 DUMMY_BY_VR: dict[str, object] = {
     "AE": "ANONYMIZED", "AS": "000D", "CS": "ANONYMIZED", "DA": "19000101", "DT": "19000101000000",
@@ -280,7 +282,8 @@ def _clean_dates(elem: DataElement, ctx: Context) -> bool:
     Returns False when a value cannot be shifted safely: the caller then empties the element.
     """
     if elem.VR == "TM":
-        return True
+        # Kept, but only when every value really is a time: text in a TM element is not kept.
+        return all(_TIME.match(str(v).strip()) for v in _values(elem))
     if elem.VR not in ("DA", "DT") or ctx.shift_days is None:
         return False
     shifter = _shift_da if elem.VR == "DA" else _shift_dt

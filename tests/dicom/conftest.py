@@ -90,3 +90,18 @@ def make_series(tmp_path) -> Callable[..., list[Path]]:
         return [paths[i] for i in rng.permutation(len(paths))]
 
     return make
+
+
+@pytest.fixture
+def slice_factory() -> Callable[..., Dataset]:
+    """The :func:`ct_slice` builder, for tests that decorate slices before writing them."""
+    return ct_slice
+
+
+@pytest.fixture
+def lenient_writing(monkeypatch):
+    """Hostile test values are deliberately invalid for their VR (text in TM, DA): let pydicom hold them."""
+    import pydicom
+
+    monkeypatch.setattr(pydicom.config.settings, "writing_validation_mode", pydicom.config.IGNORE)
+    monkeypatch.setattr(pydicom.config.settings, "reading_validation_mode", pydicom.config.IGNORE)
