@@ -1,0 +1,56 @@
+"""Reports name every finding, in both languages, and never contradict one."""
+
+import pytest
+
+from medsearch.synth.reports import NEGATIVES, TYPE_TERMS_EN, TYPE_TERMS_ZH, sentence_en, sentence_zh
+from medsearch.synth.study import generate_study
+
+
+def _names(text, terms):
+    return any(t.lower() in text.lower() for t in terms)
+
+
+def test_reports_name_every_finding(forced_studies):
+    for s in forced_studies:
+        for f in s.labels["findings"]:
+            assert _names(s.labels["report_en"], TYPE_TERMS_EN[f["type"]]), (f["type"], s.labels["report_en"])
+            assert _names(s.labels["report_zh"], TYPE_TERMS_ZH[f["type"]]), (f["type"], s.labels["report_zh"])
+
+
+@pytest.mark.parametrize("index", range(12))
+def test_reports_contradict_no_finding(index):
+    s = generate_study(21, index, 128)
+    present = {f["type"] for f in s.labels["findings"]}
+    for types, en_opts, zh_opts in NEGATIVES:
+        said_en = any(o in s.labels["report_en"] for o in en_opts)
+        said_zh = any(o in s.labels["report_zh"] for o in zh_opts)
+        if present & set(types):
+            assert not said_en and not said_zh, (types, s.labels["report_en"])
+        else:
+            assert said_en and said_zh  # pertinent negatives are stated
+    if present:
+        assert "lungs are clear" not in s.labels["report_en"].lower()
+
+
+def test_sentences_use_abbreviations_and_measurements():
+    import numpy as np
+
+    f = {"type": "nodule", "site": "right lower lobe", "laterality": "right", "diameter_mm": 21.0,
+         "short_axis_mm": 18.0, "density": "solid", "shape": "spiculated", "key_image_number": 40}
+    en = {sentence_en(f, np.random.default_rng(i)) for i in range(40)}
+    zh = {sentence_zh(f, np.random.default_rng(i)) for i in range(40)}
+    assert any("RLL" in s for s in en) and any("right lower lobe" in s for s in en)
+    assert any("2.1 x 1.8 cm" in s for s in en)
+    assert any("右下叶" in s for s in zh) and any("约2.1cm×1.8cm" in s for s in zh)
+    assert len(en) > 3
+
+
+def test_follow_up_reports_compare_with_the_prior():
+    # find a follow-up study in the plan
+    for i in range(40):
+        s = generate_study(0, i, 128) if i < 40 else None
+        if s.labels["visit"] > 0:
+            assert s.labels["prior_study_date"] in s.labels["report_en"]
+            assert s.labels["prior_study_date"] in s.labels["report_zh"]
+            return
+    pytest.fail("no follow-up study among the first 40")
