@@ -20,6 +20,10 @@ Per sentence (split at . ; : ! ? 。 ； and new lines):
    attribute the two both have (same concept, same negation) is folded into it, so the
    impression repeating the findings adds nothing.
 
+Sites in a chunk with a distribution cue ("upper lobe predominant", "以上叶为著") are dropped, and a
+finding with a ``default_site`` (pleural effusion, pneumothorax: the pleura) keeps only sites within it,
+taking the side of the others ("right apical pneumothorax" is right, not right upper lobe).
+
 "钙化结节": a concept with ``as_density`` directly before a countable finding is that
 finding's density.  A bare number before a countable finding is its count ("2 nodules").
 """
@@ -114,13 +118,15 @@ def _attach(sent: list[Tok], builders: dict[int, _Builder]) -> list[Tok]:
         if tok.kind == "SEP" or "conjunction" in roles:
             joined.append(tok.kind != "SEP")
             chunks.append([])
-        elif tok.kind in ("F", "S", "Q", "Z") or "link_back" in roles:
+        elif tok.kind in ("F", "S", "Q", "Z") or roles & {"link_back", "distribution"}:
             chunks[-1].append(tok)
     joined.append(False)
     last: _Builder | None = None
     pending: list[Tok] = []
     orphans: list[Tok] = []
     for chunk, to_next in zip(chunks, joined):
+        if any("distribution" in _roles(t) for t in chunk):
+            chunk = [t for t in chunk if t.kind != "S"]  # "upper lobe predominant": not the extent
         fs = [k for k, t in enumerate(chunk) if t.kind == "F"]
         quals = [t for t in chunk if _is_qual(t)]
         if not fs:
@@ -165,8 +171,17 @@ def _resolve(b: _Builder, term: Terminology) -> list[ParsedFinding]:
         quals.pop("count")  # "no nodules" is not "no multiple nodules"
     lats = b.lats + ([quals.pop("laterality")] if "laterality" in quals else [])
     lat = "bilateral" if {"left", "right"} <= set(lats) else (lats[0] if lats else None)
+    concept = term.concepts[term.core_of(b.concept)]
+    sites = b.sites
+    if concept.default_site:
+        # a pleural finding is in the pleura: "right apical pneumothorax" keeps the side, not the lobe
+        inside = [s for s in sites if term.within(term.core_of(s[0]), concept.default_site)]
+        for cid, fixed in sites:
+            if (cid, fixed) not in inside and lat is None:
+                lat = dict(fixed).get("laterality") or term.laterality_of(cid) or None
+        sites = inside
     resolved: list[tuple[str, str | None]] = []
-    for cid, fixed in b.sites:
+    for cid, fixed in sites:
         own = term.laterality_of(cid)  # its own side, or a sided whole's (an imported part of the RLL)
         fixed_lat = dict(fixed).get("laterality")
         if own:
@@ -184,7 +199,6 @@ def _resolve(b: _Builder, term: Terminology) -> list[ParsedFinding]:
     resolved = [r for r in resolved if not any(o[0] != r[0] and term.within(o[0], r[0]) for o in resolved)]
     if not resolved:
         resolved = [(None, lat)]
-    concept = term.concepts[term.core_of(b.concept)]
     out = []
     for cid, site_lat in resolved:
         out.append(ParsedFinding(
