@@ -229,8 +229,13 @@ class FaissIndex(VectorIndex):
             if self._index is None or len(self) == 0:
                 return empty_result(len(queries), k)
             if allowed is None:
-                scores, ids = self._index.search(queries, k)
-                return _pad(scores, ids)
+                if self.spec.kind in choose.IVF_KINDS:
+                    params = faiss.SearchParametersIVF(nprobe=self._nprobe(k, len(self)))
+                    return _pad(*self._index.search(queries, k, params=params))
+                if self.spec.kind == "hnsw":  # the beam must be at least k wide to return k results
+                    params = faiss.SearchParametersHNSW(efSearch=max(self.spec.probe, 2 * k))
+                    return _pad(*self._index.search(queries, k, params=params))
+                return _pad(*self._index.search(queries, k))
             allowed = np.unique(as_ids(allowed))
             allowed = allowed[self.contains(allowed)]
             if not len(allowed):
@@ -241,16 +246,29 @@ class FaissIndex(VectorIndex):
 
     def _selected_search(self, queries, k, allowed):
         selector = faiss.IDSelectorBatch(len(allowed), faiss.swig_ptr(allowed))
-        # a filter keeping a fraction f of the vectors leaves f of each probed list: probe 1/f more
-        widen = len(self) / len(allowed)
         spec = self.spec
         if spec.kind == "flat":
             params = faiss.SearchParameters(sel=selector)
         elif spec.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(4096, math.ceil(spec.probe * widen))))
+            # a filter keeping a fraction f of the vectors leaves f of each neighbourhood: explore 1/f more
+            ef = math.ceil(max(spec.probe, 2 * k) * len(self) / len(allowed))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=int(min(4096, ef)))
         else:
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=int(min(spec.nlist, math.ceil(spec.probe * widen))))
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=self._nprobe(k, len(allowed)))
         return self._index.search(queries, k, params=params)
+
+    def _nprobe(self, k: int, eligible: int) -> int:
+        """IVF lists to probe so that the probed lists hold both the tuned share and ~2k eligible vectors.
+
+        The tuned nprobe is for k = 10 over the whole collection.  With ``eligible`` of the ``n`` vectors
+        allowed, each list holds on average ``eligible / nlist`` of them: probing ``probe * n / eligible``
+        lists keeps the tuned recall, and at least ``2k * nlist / eligible`` lists are needed to have
+        k candidates at all (a search for N = 1000 candidates on a 20k collection, for instance).
+        """
+        spec = self.spec
+        widened = spec.probe * len(self) / eligible
+        enough = 2 * k * spec.nlist / eligible
+        return int(min(spec.nlist, math.ceil(max(widened, enough))))
 
     # ------------------------------------------------------------------ persistence
     def to_bytes(self) -> bytes:

@@ -50,6 +50,14 @@ def test_filtered_search_returns_only_allowed_ids(built, size, monkeypatch):
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
 
 
+def test_candidate_set_of_1000_is_full(built):
+    # search asks for N ~ 1000 candidates; the tuned nprobe (for k=10) alone would scan too few vectors
+    _, got = built.search(QUERIES[:3], 1000)
+    assert (got >= 0).all() and all(len(set(row)) == 1000 for row in got)
+    truth = exact_topk(QUERIES[:3], IDS, DATA, 1000)[1]
+    assert recall_at(truth, got) >= min(0.9, MIN_RECALL[built.spec.kind])
+
+
 def test_small_filter_is_exact_even_on_approximate_index(built):
     allowed = IDS[::400]
     _, got = built.search(QUERIES, 5, allowed=allowed)
