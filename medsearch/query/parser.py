@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 from functools import lru_cache
@@ -167,4 +168,10 @@ def get_parser(settings=None) -> Parser:
 
 
 def default_parser() -> Parser:
+    """The parser of the MEDSEARCH_TERMINOLOGY_* environment (settings are resolved once per value)."""
+    return _default_for(os.environ.get("MEDSEARCH_TERMINOLOGY_DIR"), os.environ.get("MEDSEARCH_TERMINOLOGY_IMPORTS"))
+
+
+@lru_cache(maxsize=4)
+def _default_for(core: str | None, imports: str | None) -> Parser:
     return get_parser()
