@@ -169,8 +169,8 @@ def thumb_relpath(series_pseudonym: str) -> str:
 
 
 def _modality_reason(modality: str, accepted: list[str]) -> str:
-    named = modality if modality in KNOWN_MODALITIES else "an unlisted modality"
-    return f"Modality {named} is not accepted (ingest_modalities: {', '.join(accepted)})."
+    named = f"Modality {modality}" if modality in KNOWN_MODALITIES else "An unlisted modality"
+    return f"{named} is not accepted (ingest_modalities: {', '.join(accepted)})."
 
 
 @dataclass
@@ -212,6 +212,9 @@ class Ingestor:
             return self._quarantine_file(path, REJECTED, _modality_reason(modality, self.accepted))
         if not series_uid:
             return self._quarantine_file(path, QUARANTINED, "The instance has no SeriesInstanceUID.")
+        if "LOCALIZER" in [str(v).strip().upper() for v in (ds.get("ImageType") or [])]:
+            return self._quarantine_file(path, REJECTED, "A localizer (scout) is a projection image, not a "
+                                                         "cross-sectional volume; it is not ingested.")
         return _Header(path, pseudonym(self.keys.secret, "series", series_uid), modality)
 
     def _quarantine_file(self, path: Path, outcome: str, reason: str, data: bytes | None = None,

@@ -117,9 +117,12 @@ def _decode(ds: Dataset) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes one clear, PHI-free reason
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = ts.name if ts is not None else "unknown"
+        fix = ("Install the pylibjpeg plugins listed in pyproject.toml, or send the series uncompressed."
+               if ts is not None and ts.is_compressed else
+               "The pixel data does not match its description (rows, columns, bits, frames): correct it at "
+               "the source.")
         raise SeriesError(f"The pixel data cannot be decoded (transfer syntax {name}; {type(exc).__name__}).",
-                          "Install the pylibjpeg plugins listed in pyproject.toml, or send the series "
-                          "uncompressed.") from None
+                          fix) from None
 
 
 def _rescale(item: Dataset | None, default: tuple[float, float]) -> tuple[float, float]:
