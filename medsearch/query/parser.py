@@ -134,17 +134,15 @@ class Parser:
         covered = bytearray(len(text))
         for t in toks:
             covered[t.start:t.end] = b"\x01" * (t.end - t.start)
-        words: list[str] = []
+        found: list[tuple[int, str]] = []  # (position, word): English and Chinese in text order
         for m in _LATIN_WORD.finditer(text):
             if not any(covered[m.start():m.end()]):
-                words.append(m.group().strip("'/"))
-        if jieba_tokens:
-            for word, s, e in jieba_tokens:
-                piece = "".join(ch for i, ch in enumerate(word, s) if not covered[i] and is_cjk(ch))
-                if piece:
-                    words.append(piece)
-            order = {w: i for i, w in enumerate(words)}
-            words.sort(key=lambda w: order[w])
+                found.append((m.start(), m.group().strip("'/")))
+        for word, s, _ in jieba_tokens or ():
+            piece = "".join(ch for i, ch in enumerate(word, s) if not covered[i] and is_cjk(ch))
+            if piece:
+                found.append((s, piece))
+        words = [w for _, w in sorted(found)]
         seen: set[str] = set()
         return [w for w in words if w and not (w in seen or seen.add(w))]
 

@@ -125,3 +125,18 @@ def test_missing_folder_names_the_setting(tmp_path):
 def test_empty_folder_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="no .toml"):
         load_terminology(tmp_path)
+
+
+def test_environment_override_selects_another_terminology(tmp_path, monkeypatch):
+    from medsearch.query import parse
+
+    folder = _copy(tmp_path)
+    text = (folder / "findings.toml").read_text(encoding="utf-8")
+    (folder / "findings.toml").write_text(text.replace('en = ["pneumothorax",', 'en = ["collapsed air space test",'),
+                                          encoding="utf-8")
+    assert parse("collapsed air space test").findings == []
+    monkeypatch.setenv("MEDSEARCH_TERMINOLOGY_DIR", str(folder))
+    assert parse("collapsed air space test").findings[0].concept.term == "pneumothorax"
+    monkeypatch.setenv("MEDSEARCH_TERMINOLOGY_DIR", str(tmp_path / "missing"))
+    with pytest.raises(ConfigError):
+        parse("GGO")
