@@ -57,7 +57,8 @@ class TypoCorrector:
     def correct_word(self, word: str) -> str:
         if len(word) < MIN_LEN or word in self.known:
             return word
-        cands = self.candidates(word)
+        # an inflection of a term word ("collapsed", "effusions") is a word, not a typo
+        cands = {c for c in self.candidates(word) if word not in (c + "s", c + "d")}
         return next(iter(cands)) if len(cands) == 1 else word
 
     def correct(self, text: str) -> str:

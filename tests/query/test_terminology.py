@@ -132,11 +132,11 @@ def test_environment_override_selects_another_terminology(tmp_path, monkeypatch)
 
     folder = _copy(tmp_path)
     text = (folder / "findings.toml").read_text(encoding="utf-8")
-    (folder / "findings.toml").write_text(text.replace('en = ["pneumothorax",', 'en = ["collapsed air space test",'),
+    (folder / "findings.toml").write_text(text.replace('en = ["pneumothorax",', 'en = ["zzq air leak test",'),
                                           encoding="utf-8")
-    assert parse("collapsed air space test").findings == []
+    assert parse("zzq air leak test").findings == []
     monkeypatch.setenv("MEDSEARCH_TERMINOLOGY_DIR", str(folder))
-    assert parse("collapsed air space test").findings[0].concept.term == "pneumothorax"
+    assert parse("zzq air leak test").findings[0].concept.term == "pneumothorax"
     monkeypatch.setenv("MEDSEARCH_TERMINOLOGY_DIR", str(tmp_path / "missing"))
     with pytest.raises(ConfigError):
         parse("GGO")

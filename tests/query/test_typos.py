@@ -32,6 +32,7 @@ def test_corrects_one_edit_on_long_words(corrector, wrong, right):
                                   "nodular",  # a known word
                                   "measuring",
                                   "pneumothoraxes",  # two edits away
+                                  "spiculateds",  # an inflection, not a typo
                                   ])
 def test_leaves_short_known_and_far_words(corrector, word):
     assert corrector.correct(word) == word
