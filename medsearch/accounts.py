@@ -42,9 +42,20 @@ ROLES: tuple[str, ...] = ("radiologist", "compliance", "admin", "pacs")
 MIN_PASSWORD = 10
 TOKEN_PREFIX = "mst_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
-_hasher = PasswordHasher()  # argon2id
-#: Verified against when the user does not exist, so that timing does not tell.
-_DUMMY_HASH = _hasher.hash("medsearch-no-such-user")
+#: argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4): argon2-cffi's defaults.
+PRODUCTION_HASHER = PasswordHasher()
+_hasher = PRODUCTION_HASHER
+_dummy: list[tuple[PasswordHasher, str]] = []
+
+
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so that timing does not tell.
+
+    Made with the hasher in use (same cost as a real verify), on first use: not at import.
+    """
+    if not _dummy or _dummy[0][0] is not _hasher:
+        _dummy[:] = [(_hasher, _hasher.hash(secrets.token_urlsafe(16)))]
+    return _dummy[0][1]
 
 
 @dataclass(frozen=True)
@@ -191,7 +202,7 @@ def authenticate(inst, name: str, password: str, remote_addr: str = "") -> Princ
         user = s.execute(select(User).where(User.name == actor)).scalar_one_or_none() if actor else None
         if user is None:
             try:
-                _hasher.verify(_DUMMY_HASH, password or "")
+                _hasher.verify(_dummy_hash(), password or "")
             except (VerificationError, InvalidHashError):
                 pass
         elif user.locked_until and _aware(user.locked_until) > now:

@@ -119,18 +119,28 @@ def _item(uids: tuple[str, str], reason: int | None = None) -> dict:
     return item
 
 
+STORED_OUTCOMES = ("ingested", "already_ingested")
+
+
 def file_outcomes(report, paths: list[Path]) -> dict[Path, bool]:
-    """Which spooled files the ingest report counts as stored."""
+    """Which spooled files the ingest report counts as stored.
+
+    The report names files by the SHA-256 of their bytes (it never keeps
+    paths).  Outcomes without a hash (a series that was already stored, an
+    unreadable file) are matched to the files that no hashed outcome names.
+    """
+    import hashlib
+
+    by_sha = {f.sha256: f.outcome for f in report.files if f.sha256}
+    unhashed = sorted((f.outcome for f in report.files if not f.sha256),
+                      key=lambda o: o not in STORED_OUTCOMES)  # successes first: a duplicate is stored
     outcomes = {}
-    by_path = {}
-    for f in getattr(report, "files", []) or []:
-        p = getattr(f, "path", None) if not isinstance(f, dict) else f.get("path")
-        status = getattr(f, "status", None) if not isinstance(f, dict) else f.get("status")
-        if p is not None:
-            by_path[Path(p).resolve()] = status
     for p in paths:
-        status = by_path.get(p.resolve())
-        outcomes[p] = status in ("stored", "ingested", "ok", "duplicate", "success")
+        sha = hashlib.sha256(p.read_bytes()).hexdigest()
+        outcome = by_sha.get(sha)
+        if outcome is None and unhashed:
+            outcome = unhashed.pop(0)
+        outcomes[p] = outcome in STORED_OUTCOMES
     return outcomes
 
 
@@ -154,7 +164,7 @@ def stow():
             else:
                 to_ingest.append((path, uids))
         if to_ingest:
-            report = ingest_paths(inst, [p for p, _ in to_ingest], source="stow")
+            report = ingest_paths(inst, [p for p, _ in to_ingest], source="stow", progress=False)
             stored = file_outcomes(report, [p for p, _ in to_ingest])
             for path, uids in to_ingest:
                 (referenced if stored[path] else failed).append(

@@ -24,4 +24,4 @@ def metrics():
     # Scrapers authenticate with an admin bearer token (Prometheus 'authorization'
     # config): the gauges describe the archive's size, which is not public.
     body = get_metrics().render(collect_gauges(get_instance()))
-    return Response(body, mimetype="text/plain", headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return Response(body, content_type="text/plain; version=0.0.4; charset=utf-8")

@@ -61,15 +61,22 @@ def make_server(inst, host: str, port: int):
 class _Waitress:
     def __init__(self, server):
         self.server = server
+        self._closing = False
 
     @property
     def port(self) -> int:
         return self.server.effective_port
 
     def run(self):
-        self.server.run()
+        try:
+            self.server.run()
+        except (OSError, ValueError):
+            # close() from another thread can pull a socket out from under the poll loop
+            if not self._closing:
+                raise
 
     def close(self):
+        self._closing = True
         self.server.close()
 
 

@@ -21,6 +21,8 @@ RESTRICTED_PATIENT = "pavip000000000000"
 RESTRICTED_STUDY = "stvip000000000000"
 RESTRICTED_SERIES = "sevip000000000000"
 DEPTH, SIZE = 24, 64
+#: The "original" StudyInstanceUID kept in the vault (what break-glass reveals).
+ORIGINAL_UID_PREFIX = "1.2.840.99999.1."
 
 
 def _volume() -> np.ndarray:
@@ -32,6 +34,7 @@ def _volume() -> np.ndarray:
 
 
 def add_study(inst, patient: str, study: str, series: str) -> None:
+    from medsearch.dicom import vault
     from medsearch.dicom.render import render_thumbnail
 
     vol = _volume()
@@ -51,6 +54,8 @@ def add_study(inst, patient: str, study: str, series: str) -> None:
         v.findings.append(Finding(finding_type="nodule", site="left lower lobe", density="solid", size_mm=12.0,
                                   probability=0.93, key_slice=12, bbox=[14, 24, 26, 36]))
         s.add_all([p, st, se, v])
+        vault.store(s, vault.MasterKeys(inst), "study", study,
+                    {"StudyInstanceUID": ORIGINAL_UID_PREFIX + study[-4:], "AccessionNumber": "ACC-" + study[-4:]})
 
 
 def make_web_instance(home):
@@ -135,3 +140,14 @@ def login():
 @pytest.fixture
 def csrf():
     return csrf_from
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cheap_password_hashing():
+    """argon2id with small parameters: the tests check behaviour, not the cost (production keeps the defaults)."""
+    from argon2 import PasswordHasher
+
+    saved = accounts._hasher
+    accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
+    yield
+    accounts._hasher = saved

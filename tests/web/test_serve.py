@@ -1,0 +1,68 @@
+"""`medsearch serve`'s servers, for real: waitress over HTTP, cheroot over TLS."""
+
+import shutil
+import threading
+
+import pytest
+import requests
+
+from medsearch.errors import ConfigError
+from medsearch.instance import Instance
+from medsearch.web.serve import make_server
+
+CLOSE = {"Connection": "close"}  # no kept-alive connection holds the server's loop open at shutdown
+
+
+def _running(inst):
+    server, scheme = make_server(inst, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    return server, scheme, thread
+
+
+def test_waitress_serves_http(sqlite_instance):
+    server, scheme, thread = _running(sqlite_instance)
+    try:
+        resp = requests.get(f"http://127.0.0.1:{server.port}/healthz", timeout=10, headers=CLOSE)
+        assert scheme == "http" and resp.json() == {"status": "ok"}
+        login = requests.get(f"http://127.0.0.1:{server.port}/login", timeout=10, headers=CLOSE)
+        assert "Secure" not in login.headers["Set-Cookie"] and "HttpOnly" in login.headers["Set-Cookie"]
+    finally:
+        server.close()
+        thread.join(10)
+
+
+def _place(home, tls_files):
+    home.mkdir(parents=True)
+    for f in tls_files:
+        shutil.copy(f, home / f.name)
+    return home / "tls.crt"
+
+
+def test_tls_settings_serve_https_with_secure_cookies(home, tls_files):
+    ca = _place(home, tls_files)
+    inst = Instance.create(home, settings={"tls_cert": "tls.crt", "tls_key": "tls.key"}, env={})
+    server, scheme, thread = _running(inst)
+    try:
+        resp = requests.get(f"https://localhost:{server.port}/login", timeout=10, verify=str(ca), headers=CLOSE)
+        assert scheme == "https" and resp.status_code == 200
+        assert "Secure" in resp.headers["Set-Cookie"] and "Strict-Transport-Security" in resp.headers
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://localhost:{server.port}/healthz", timeout=5)
+    finally:
+        server.close()
+        thread.join(10)
+        inst.close()
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ({"tls_cert": "tls.crt"}, "Only one of"),
+    ({"tls_cert": "missing.crt", "tls_key": "tls.key"}, "does not exist"),
+    ({"tls_cert": "tls.key", "tls_key": "tls.key"}, "cannot be loaded"),
+])
+def test_bad_tls_settings_stop_start_up(home, tls_files, settings, problem):
+    _place(home, tls_files)
+    inst = Instance.create(home, settings=settings, env={})
+    with pytest.raises(ConfigError, match=problem):
+        make_server(inst, "127.0.0.1", 0)
+    inst.close()
