@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from medsearch.synth.geometry import Grid, smoothstep
-from medsearch.synth.tubes import Segments, grow_tree, rasterize
+from medsearch.synth.tubes import Segments, grow_tree, rasterize, rasterize_layers
 
 #: Lobe codes in :attr:`Anatomy.lobes`; the lingula is coded separately but belongs to the LUL.
 LOBE_CODES = {"right upper lobe": 1, "right middle lobe": 2, "right lower lobe": 3,
@@ -318,8 +318,9 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     vessel = rasterize(arteries.concat(veins), grid)
     vessel *= lungf
     blend(vessel, blood if contrast is None else contrast * 0.8, TISSUES["blood"])
-    wall = rasterize(airways.scaled_radii(1.0, 0.6), grid) * lungf
-    lumen = rasterize(airways.scaled_radii(0.75), grid) * lungf
+    wall, lumen = rasterize_layers(airways, grid, ((1.0, 0.6), (0.75, 0.0)))
+    wall *= lungf
+    lumen *= lungf
     blend(wall, 30.0)
     blend(lumen, -990.0)
     airway = lumen > 0.5
@@ -364,8 +365,9 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     bronchi = Segments.polyline([(0.0, y_tr_car, z_car), tuple(hila["right"] + [4, 2, 4])], [8.0, 6.5]).concat(
         Segments.polyline([(0.0, y_tr_car, z_car), tuple(hila["left"] + [-4, 2, 4])], [7.5, 6.0]))
     ab = tra.concat(bronchi)
-    blend(rasterize(ab.scaled_radii(1.0, 2.0), grid), 60.0, TISSUES["soft tissue"])
-    blend(rasterize(ab, grid), -1000.0, TISSUES["air"])
+    ab_wall, ab_lumen = rasterize_layers(ab, grid, ((1.0, 2.0), (1.0, 0.0)))
+    blend(ab_wall, 60.0, TISSUES["soft tissue"])
+    blend(ab_lumen, -1000.0, TISSUES["air"])
     eso = Segments.polyline([(4.0, y_t0 + 16, z_top), (8.0, y_tr_car + 20, z_car), (16.0, y_vb.ravel()[0] - R - 6, -0.9 * L)],
                             [7.0, 7.0, 7.5])
     blend(rasterize(eso, grid), 40.0, TISSUES["soft tissue"])
@@ -395,9 +397,9 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     # Ribs, costal cartilage, sternum, clavicles and scapulae.
     ribs, cart = _ribs(anat, f, grid)
     blend(rasterize(cart, grid), 130.0, TISSUES["cartilage"])
-    rib_cov = rasterize(ribs, grid)
+    rib_cov, rib_core = rasterize_layers(ribs, grid, ((1.0, 0.0), (0.55, 0.0)))
     blend(rib_cov, 650.0, TISSUES["bone"])
-    blend(rasterize(ribs.scaled_radii(0.55), grid), anat.bone_hu + 60, TISSUES["bone"])
+    blend(rib_core, anat.bone_hu + 60, TISSUES["bone"])
     y_st = f.ty - f.tb - 7
     st_w = np.interp(u.ravel(), [0.05, 0.12, 0.2, 0.3, 0.78, 0.85], [0, 24, 20, 14, 13, 0]).astype(np.float32)
     sternum = ((X / np.maximum(st_w[:, None, None], 1e-3)) ** 2 + ((Y - y_st) / 6.5) ** 2 < 1) & (st_w[:, None, None] > 1)

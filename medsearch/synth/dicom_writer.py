@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.pixels.encoders import JPEG2000LosslessEncoder, RLELosslessEncoder
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
@@ -196,6 +198,42 @@ def _save(ds: Dataset, path: Path, ts: str) -> None:
     ds.save_as(path, implicit_vr=ts == IMPLICIT_LE, little_endian=True, enforce_file_format=True)
 
 
+def _encode_elements(ds: Dataset, implicit: bool, encodings) -> dict:
+    out = {}
+    for elem in ds:
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_data_element(fp, elem, encodings)
+        out[elem.tag] = fp.getvalue()
+    return out
+
+
+class _SeriesWriter:
+    """Writes the slices of one series, encoding the header elements shared by all slices once.
+
+    pydicom re-encodes every element of a dataset on each save; for a series
+    of hundreds of slices that differ in a handful of elements that is most
+    of the generation time.  The file is the same as ``Dataset.save_as`` would
+    write: preamble, ``DICM``, file meta group, then all elements in tag order,
+    each encoded by pydicom's own element writer.
+    """
+
+    def __init__(self, static: Dataset, ts: str):
+        self.ts = ts
+        self.implicit = ts == IMPLICIT_LE
+        self.encodings = static._character_set
+        self.static = _encode_elements(static, self.implicit, self.encodings)
+
+    def write(self, path: Path, dynamic: Dataset, meta: FileMetaDataset) -> None:
+        elems = dict(self.static)
+        elems.update(_encode_elements(dynamic, self.implicit, self.encodings))
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(b"\0" * 128 + b"DICM")
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        path.write_bytes(fp.getvalue() + b"".join(elems[t] for t in sorted(elems)))
+
+
 def _image_pixel(ds: Dataset, rows: int, cols: int, acq, bits_stored=None, rep=None) -> None:
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -255,20 +293,24 @@ def _write_volume(study, s, base, folder, stored, grid, kernel, thickness, windo
     ds.RescaleType = "HU"
     ds.WindowCenter, ds.WindowWidth = str(window[0]), str(window[1])
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    writer = _SeriesWriter(ds, ts)
     for num, k in enumerate(order, start=1):
         sop = uid(3, study.identity.uid_key, when, s.number, num)
-        ds.SOPInstanceUID = sop
-        ds.InstanceNumber = num
-        ds.ImagePositionPatient = [f"{ox:.4f}", f"{oy:.4f}", f"{float(zs[k]):.4f}"]
-        ds.SliceLocation = f"{float(zs[k]):.4f}"
+        dyn = Dataset()
+        dyn.SOPInstanceUID = sop
+        dyn.InstanceNumber = num
+        dyn.ImagePositionPatient = [f"{ox:.4f}", f"{oy:.4f}", f"{float(zs[k]):.4f}"]
+        dyn.SliceLocation = f"{float(zs[k]):.4f}"
         t = when + dt.timedelta(milliseconds=int(350 * num))
-        ds.ContentTime = _tm(t)
-        ds.AcquisitionDateTime = t.strftime("%Y%m%d%H%M%S.%f")
-        ds.InstanceCreationDate = _da(t.date())
-        ds.InstanceCreationTime = _tm(t)
-        ds.file_meta = _meta(CT_IMAGE, sop, ts)
-        _pixels(ds, stored[k:k + 1], ts)
-        _save(ds, folder / f"IM{num:05d}.dcm", ts)
+        dyn.ContentTime = _tm(t)
+        dyn.AcquisitionDateTime = t.strftime("%Y%m%d%H%M%S.%f")
+        dyn.InstanceCreationDate = _da(t.date())
+        dyn.InstanceCreationTime = _tm(t)
+        dyn.Rows, dyn.Columns = ds.Rows, ds.Columns
+        dyn.BitsAllocated, dyn.BitsStored = ds.BitsAllocated, ds.BitsStored
+        dyn.PixelRepresentation, dyn.PhotometricInterpretation = ds.PixelRepresentation, ds.PhotometricInterpretation
+        _pixels(dyn, stored[k:k + 1], ts)
+        writer.write(folder / f"IM{num:05d}.dcm", dyn, _meta(CT_IMAGE, sop, ts))
     return n
 
 
