@@ -78,7 +78,15 @@ def check_ingest_queue(inst: Instance) -> Check:
     return queue.doctor_check(inst, Check)
 
 
-CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model, check_ingest_queue]
+def check_terminology(inst: Instance) -> Check:
+    """The configured terminology (core folder and imported layers) loads."""
+    from medsearch.query import health
+
+    return health.doctor_check(inst, Check)
+
+
+CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model, check_ingest_queue,
+                                             check_terminology]
 
 
 def counts(inst: Instance) -> dict[str, int]:
