@@ -4,6 +4,9 @@
 set -euo pipefail
 # command-or-file  debian-package
 NEEDS=(
+  "storescu dcmtk"
+  "/usr/sbin/Orthanc orthanc"
+  "/usr/share/orthanc/plugins/libOrthancDicomWeb.so orthanc-dicomweb"
   "/usr/bin/chromium chromium"
   "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc fonts-noto-cjk"
 )
