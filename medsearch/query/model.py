@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+def _mm(x: float | None) -> float | int | None:
+    """Whole millimetres as integers in JSON ("2 cm" gives 20), others as they are (12.5)."""
+    return int(x) if x is not None and float(x).is_integer() else x
+
+
 @dataclass(frozen=True)
 class Ref:
     """A concept by stable ID and preferred term."""
@@ -38,7 +43,7 @@ class ParsedFinding:
             "concept": self.concept.to_dict(),
             "site": self.site.to_dict() if self.site else None,
             "laterality": self.laterality,
-            "size_mm": {"min": self.size_min, "max": self.size_max} if self.has_size else None,
+            "size_mm": {"min": _mm(self.size_min), "max": _mm(self.size_max)} if self.has_size else None,
             "density": self.density,
             "shape": self.shape,
             "count": self.count,
