@@ -167,10 +167,26 @@ def _before() -> None:
     _check_csrf()
 
 
+def viewer_origin(template: str) -> str | None:
+    """The origin of the PACS viewer ('Open in PACS' redirects there after a form POST)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(template)
+    if parts.scheme not in ("http", "https") or not parts.netloc or "{" in parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _csp() -> str:
+    # CSP form-action also governs where a form's redirect may go: allow the viewer, nothing else.
+    origin = viewer_origin(get_instance().settings.viewer_url_template)
+    form_action = "'self'" + (f" {origin}" if origin else "")
+    return ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+            f"object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action {form_action}")
+
+
 def _headers(resp):
-    resp.headers.setdefault("Content-Security-Policy",
-                            "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
-                            "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+    resp.headers.setdefault("Content-Security-Policy", _csp())
     resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("X-Frame-Options", "DENY")
     resp.headers.setdefault("Referrer-Policy", "no-referrer")

@@ -58,18 +58,25 @@ def add_study(inst, patient: str, study: str, series: str) -> None:
                     {"StudyInstanceUID": ORIGINAL_UID_PREFIX + study[-4:], "AccessionNumber": "ACC-" + study[-4:]})
 
 
-def make_web_instance(home):
+def make_web_instance(home, **settings):
     from medsearch.instance import Instance
 
     inst = Instance.create(home, settings={"restricted_patients": [RESTRICTED_PATIENT],
                                            "viewer_url_template":
-                                               "https://pacs.example/viewer?StudyInstanceUID={study_uid}&acc={accession}"},
+                                               "https://pacs.example/viewer?StudyInstanceUID={study_uid}&acc={accession}",
+                                           **settings},
                            env={})
     add_study(inst, PATIENT, STUDY, SERIES)
     add_study(inst, RESTRICTED_PATIENT, RESTRICTED_STUDY, RESTRICTED_SERIES)
     for role in ROLES:
         accounts.add_user(inst, role, PASSWORD, role, actor="test")
     return inst
+
+
+@pytest.fixture(scope="session")
+def web_instance_factory():
+    """make_web_instance(home, **settings): an instance with the tiny archive and one user per role."""
+    return make_web_instance
 
 
 @pytest.fixture(scope="module")
