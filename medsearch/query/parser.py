@@ -68,7 +68,7 @@ class Parser:
                 toks.append(Tok(m.start, m.end, kind, (e.ref, e.qualifiers)))
             elif e.kind == "qualifier":
                 toks.append(Tok(m.start, m.end, "Q", (e.ref, e.value)))
-            else:
+            elif "unmodelled" not in e.roles:  # unmodelled words stay uncovered: they are reported
                 toks.append(Tok(m.start, m.end, "CUE", e.roles))
         covered = sorted((t.start, t.end) for t in toks)
         for m in _NUMBER.finditer(text):

@@ -28,7 +28,7 @@ AXES: dict[str, tuple[str, ...]] = {
     "laterality": vocab.LATERALITIES, "density": vocab.DENSITIES, "shape": vocab.SHAPES,
     "count": vocab.COUNTS, "change": vocab.CHANGES,
 }
-CUE_ROLES = ("negation_pre", "negation_post", "scope_break", "conjunction", "link_back", "distribution", "stopwords")
+CUE_ROLES = ("negation_pre", "negation_post", "scope_break", "conjunction", "link_back", "distribution", "unmodelled", "stopwords")
 KINDS = ("finding", "anatomy")
 
 

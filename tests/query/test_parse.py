@@ -151,3 +151,10 @@ def test_bad_input(text, problem):
 def test_empty_input_parses_to_nothing(text):
     p = parse(text)
     assert p.findings == [] and p.canonical == ""
+
+
+@pytest.mark.parametrize("text,word", [("亚实性结节", "亚实性"), ("胸膜下结节", "胸膜下"), ("subsolid nodule", "subsolid")])
+def test_unmodelled_words_mislead_nothing(text, word):
+    (f,) = parse(text).findings
+    assert (f.density, f.site) == (None, None)
+    assert parse(text).unmatched == [word]
