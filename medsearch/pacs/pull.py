@@ -63,7 +63,7 @@ def _client(url: str):
     client = DICOMwebClient(url=url.rstrip("/"))
     # Transient errors (503, 429, timeouts, refused connections) are retried a few times, briefly:
     # a long outage ends the run, and the checkpoint lets the next run resume.
-    client.set_http_retry_params(max_attempts=4, wait_exponential_multiplier=500)
+    client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=250)
     return client
 
 
@@ -137,24 +137,25 @@ def pull(inst, url: str, since: str | None = None, client=None, limit: int | Non
             continue
         if limit is not None and report.fetched >= limit:
             break
+        writer = spool.sealed_writer(f"pull-{study_key}")
         try:
-            datasets = client.retrieve_study(uid)
+            for ds in client.iter_study(uid):  # streamed: a large study never sits in memory whole
+                if getattr(ds, "Modality", None) != "CT":
+                    report.not_ct += 1
+                    continue
+                writer.write(spool.key("instance", str(ds.SOPInstanceUID)) + SUFFIX, _encode(ds))
         except Exception as exc:
+            writer.abort()
             raise InputError(f"WADO-RS retrieval of a study failed ({type(exc).__name__}); "
                              f"{report.fetched} studies were taken before it.",
                              "Run the same pull again: it resumes after the studies already taken.") from None
-        files = {}
-        for ds in datasets:
-            if getattr(ds, "Modality", None) != "CT":
-                report.not_ct += 1
-                continue
-            files[spool.key("instance", str(ds.SOPInstanceUID)) + SUFFIX] = _encode(ds)
-        if files:
-            path = spool.add_sealed(f"pull-{study_key}", files)
-            queue.enqueue(inst, path, "pull")
+        if writer.count:
+            queue.enqueue(inst, writer.commit(), "pull")
+        else:
+            writer.abort()
         checkpoint.add(study_key)
         report.fetched += 1
-        report.instances += len(files)
+        report.instances += writer.count
         if ingest_paths is not None:
             while process_one(inst, spool, ingest_paths, worker_report):
                 pass

@@ -366,7 +366,11 @@ class Receiver:
 def run_scp(inst, port: int | None = None, ae_title: str | None = None) -> None:
     """Run the SCP in the foreground until SIGTERM or SIGINT."""
     import signal
+    import warnings
 
+    # pydicom's warnings about odd element values quote the values; the process-wide filter (safe
+    # across association threads, unlike catch_warnings) keeps them out of the service's stderr.
+    warnings.filterwarnings("ignore", module=r"pydicom(\.|$)")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

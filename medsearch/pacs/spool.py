@@ -151,23 +151,15 @@ class Spool:
         return self.relative(dst)
 
     def add_sealed(self, name: str, files: dict[str, bytes]) -> str:
-        """Write a complete folder (a pulled study) under ``sealed/`` durably; returns its spool path."""
-        staging = self.root / TMP / f"{name}.{uuid.uuid4().hex}"
-        staging.mkdir(mode=0o700)
+        """Write a complete folder under ``sealed/`` durably; returns its spool path."""
+        writer = self.sealed_writer(name)
         for fname, data in files.items():
-            fd = os.open(staging / fname, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fsync_dir(staging)
-        dst = self.root / SEALED / name
-        if dst.exists():  # a previous run sealed it but stopped before queueing: replace it
-            shutil.rmtree(dst)
-        os.rename(staging, dst)
-        fsync_dir(dst.parent)
-        return self.relative(dst)
+            writer.write(fname, data)
+        return writer.commit()
+
+    def sealed_writer(self, name: str) -> "SealedWriter":
+        """Stream files into a folder that appears under ``sealed/`` only when committed."""
+        return SealedWriter(self, name)
 
     def sealed(self) -> list[str]:
         return sorted(self.relative(p) for p in (self.root / SEALED).iterdir() if p.is_dir())
@@ -201,3 +193,29 @@ class Spool:
             raise StorageError(f"Another Storage SCP already receives into {self.root}.",
                                "Stop the other 'medsearch scp', or give this one its own instance.") from None
         return fh
+
+
+class SealedWriter:
+    """A folder staged in ``tmp/`` (each file fsynced), renamed into ``sealed/`` by :meth:`commit`."""
+
+    def __init__(self, spool: Spool, name: str):
+        self.spool, self.name = spool, name
+        self.staging = spool.root / TMP / f"{name}.{uuid.uuid4().hex}"
+        self.staging.mkdir(mode=0o700)
+        self.count = 0
+
+    def write(self, fname: str, data: bytes) -> None:
+        os.replace(_write_synced(self.spool.root / TMP, data), self.staging / fname)
+        self.count += 1
+
+    def commit(self) -> str:
+        fsync_dir(self.staging)
+        dst = self.spool.root / SEALED / self.name
+        if dst.exists():  # an earlier run sealed it but stopped before queueing: replace it
+            shutil.rmtree(dst)
+        os.rename(self.staging, dst)
+        fsync_dir(dst.parent)
+        return self.spool.relative(dst)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)
