@@ -239,6 +239,13 @@ def test_tls_only_when_configured(make_receiver, tmp_path, series_factory):
     rsp = assoc.send_c_store(series_factory(n=1)[0])
     assoc.release()
     assert rsp.Status == 0x0000
+    # dcmtk over TLS, verifying the SCP's certificate
+    echo = run_tool(dcmtk("echoscu"), "+tla", "+cf", cert, "-aec", "MEDSEARCH", "127.0.0.1", receiver.port)
+    assert echo.returncode == 0, echo.stderr
+    store = run_tool(dcmtk("storescu"), "+tla", "+cf", cert, "-aec", "MEDSEARCH", "127.0.0.1", receiver.port,
+                     *series_factory(n=2))
+    assert store.returncode == 0, store.stderr
+    assert len(list((inst.spool_dir / "incoming").rglob("*.dcm"))) == 3
     plain = run_tool(dcmtk("echoscu"), "-to", "5", "-ta", "5", "-aec", "MEDSEARCH", "127.0.0.1", receiver.port)
     assert plain.returncode != 0  # a plain-TCP peer cannot talk to a TLS-only SCP
 
@@ -258,3 +265,17 @@ def test_second_receiver_on_the_same_spool_is_refused(make_receiver):
     receiver, inst = make_receiver()
     with pytest.raises(StorageError, match="Another Storage SCP"):
         Receiver(inst, port=0, host="127.0.0.1").start()
+
+
+def test_a_restarted_scp_seals_what_a_crash_left_in_incoming(make_receiver, series_factory):
+    from medsearch.pacs.scp import Receiver
+
+    receiver, inst = make_receiver(quiet_seconds=3600)
+    sent = run_tool(dcmtk("storescu"), "-aec", "MEDSEARCH", "127.0.0.1", receiver.port, *series_factory(n=3))
+    assert sent.returncode == 0
+    receiver.stop()  # like a crash: nothing was sealed
+    (inst.spool_dir / "tmp" / "deadbeef.part").write_bytes(b"half an instance")  # never acknowledged
+    with Receiver(inst, port=0, host="127.0.0.1", quiet_seconds=0.3):
+        assert not (inst.spool_dir / "tmp" / "deadbeef.part").exists()
+        jobs = wait_for(lambda: _jobs(inst), timeout=10, what="the left-over series to be queued")
+    assert len(jobs) == 1 and len(receiver.spool.files(jobs[0].spool_path)) == 3
