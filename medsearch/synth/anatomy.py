@@ -64,7 +64,7 @@ def sample_anatomy(rng: np.random.Generator, sex: str, age: int) -> PatientAnato
     return PatientAnatomy(
         sex=sex,
         body_a=float(np.clip(158 + 14 * size + (10 if male else -6), 128, 190)),
-        body_b=float(np.clip(108 + 10 * size + rng.normal(0, 6) + (4 if male else 0), 85, 140)),
+        body_b=float(np.clip(118 + 10 * size + rng.normal(0, 6) + (4 if male else 0), 85, 140)),
         fat=float(np.clip(rng.gamma(3.0, 5.0) + (0 if male else 6), 3, 45)),
         muscle=float(rng.uniform(8, 16) + (3 if male else 0)),
         lung_h=float(np.clip(255 + 18 * size + rng.normal(0, 14) + (12 if male else -8), 205, 310)),
@@ -114,9 +114,9 @@ class _Frame:
         self.b = a.body_b * (0.88 + 0.12 * smoothstep(30.0, -0.5 * L, z))
         self.y_back = np.float32(a.body_b * 0.86)
         self.by = self.y_back - 0.9 * self.b
-        w_ant = 2 + a.fat * 0.8 + a.muscle + 9
-        w_post = 2 + a.fat * 0.4 + 24
-        w_lat = 2 + a.fat + a.muscle * 0.3 + 8
+        w_ant = 2 + a.fat * 0.7 + a.muscle * 0.8 + 7
+        w_post = 2 + a.fat * 0.3 + 17
+        w_lat = 2 + a.fat * 0.8 + a.muscle * 0.25 + 7
         self.ta = self.a - w_lat
         front = self.by - self.b
         self.tb = (self.y_back - w_post - (front + w_ant)) / 2
@@ -158,7 +158,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     paint((Y >= y_table - 8) & (Y <= y_table) & (np.abs(X) < 215) & (Y > f.y_back + 1), -940.0, 0)
 
     # Body wall: skin, subcutaneous fat, muscle; breasts in women.
-    body = (_superellipse(X, Y, 0, f.by, f.a, f.b, 2.4) < 1) & (Y < f.y_back)
+    body = (_superellipse(X, Y, 0, f.by, f.a, f.b, 2.2) < 1) & (Y < f.y_back)
     if anat.breast:
         for side in (-1, 1):
             c = np.array([side * anat.body_a * 0.42, 0, -0.6 * L])
@@ -169,7 +169,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
             body = body | breast
             paint(breast, 25.0, TISSUES["soft tissue"])
     paint(body, 25.0, TISSUES["soft tissue"])
-    fat_in = _superellipse(X, Y, 0, f.by, f.a - 2, f.b - 2, 2.4) < 1
+    fat_in = _superellipse(X, Y, 0, f.by, f.a - 2, f.b - 2, 2.2) < 1
     paint(body & fat_in, -105.0, TISSUES["fat"])
     if anat.breast:
         for side in (-1, 1):
@@ -177,12 +177,12 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
             e = ((X - gx) / (30 * anat.breast)) ** 2 + ((Y - (f.by - f.b * 0.92)) / (14 * anat.breast)) ** 2 \
                 + ((Z + 0.6 * L) / (30 * anat.breast)) ** 2
             paint(body & (e < 1), 30.0, TISSUES["soft tissue"])
-    muscle_in = _superellipse(X, Y, 0, f.by + anat.fat * 0.1, f.a - 2 - anat.fat,
-                              f.b - 2 - anat.fat * 0.8, 2.4) < 1
+    muscle_in = _superellipse(X, Y, 0, f.by + anat.fat * 0.1, f.a - 2 - anat.fat * 0.8,
+                              f.b - 2 - anat.fat * 0.7, 2.2) < 1
     paint(body & muscle_in, 48.0, TISSUES["soft tissue"])
     # Intermuscular fat plane between pectoral/serratus and the deeper wall.
     plane = _superellipse(X, Y, 0, f.by, f.a - 4 - anat.fat - anat.muscle * 0.5,
-                          f.b - 4 - anat.fat * 0.8 - anat.muscle * 0.5, 2.4)
+                          f.b - 4 - anat.fat * 0.8 - anat.muscle * 0.5, 2.2)
     paint(body & (np.abs(plane - 1) < 0.012) & (Y < f.ty), -80.0, TISSUES["fat"])
 
     cavity = _superellipse(X, Y, 0, f.ty, f.ta, f.tb, 2.2) < 1
@@ -190,7 +190,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
 
     # Spine: vertebral body (cortex + cancellous bone) with discs, canal, posterior elements.
     y_post = f.ty + f.tb
-    y_vb = y_post - 22
+    y_vb = y_post - anat.vb_radius - 12
     R = anat.vb_radius
     r_vb = np.hypot(X, Y - y_vb)
     phase = np.mod((Z + 7.0) / anat.vert_height, 1.0)
@@ -238,7 +238,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     side_left = X >= mx
     xs_side = np.where(side_left, 1.0, -1.0) * f.ta * 0.45
     cap = ((X - xs_side) / (f.ta * 0.55)) ** 2 + ((Y - (f.ty + 0.15 * f.tb)) / (f.tb * 0.85)) ** 2
-    lung_top = -cap * 0.2 * L
+    lung_top = -cap * 0.3 * L
     zd = np.where(side_left, -(anat.dome_r + anat.dome_l) * L, -anat.dome_r * L)
     xd = np.where(side_left, 1.0, -1.0) * f.ta * 0.35
     yd = f.ty - 0.3 * f.tb
@@ -284,6 +284,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
 
     # Pulmonary trees: arteries with their bronchi, and veins; they taper toward the periphery.
     trng = np.random.default_rng(anat.tree_seed)
+    xs_, ys_, _ = grid.axes()
     origin = np.array(grid.origin, np.float32)
     spacing = np.array(grid.spacing[::-1], np.float32)
 
@@ -296,7 +297,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
 
     y_tr = y_vb - R - 24
     z_car = -0.36 * L
-    r_min = max(0.45, 0.3 * px)
+    r_min = max(0.4, 0.28 * px)
     y_t0 = float(np.asarray(y_tr).ravel()[-1])
     y_tr_car = float(np.interp(z_car, grid.axes()[2], np.asarray(y_tr).ravel()))
     hila = {"right": np.array([-44.0, y_tr_car + 18, z_car - 22]), "left": np.array([44.0, y_tr_car + 22, z_car - 30])}
@@ -305,8 +306,12 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
               "left": [(0.35, 0.05, 1.0), (0.5, -0.9, -0.35), (0.25, 0.55, -1.0), (0.8, 0.2, -0.3)]}
     for side, dirs in trunks.items():
         h = hila[side]
+        sl = right if side == "right" else left
+        kk, jj, ii = np.nonzero(sl[:, ::2, ::2])
+        pick = trng.choice(len(kk), size=min(len(kk), 500), replace=False)
+        targets = np.stack([xs_[ii[pick] * 2], ys_[jj[pick] * 2], zs_[kk[pick]]], 1).astype(np.float32)
         for d in dirs:
-            skel = grow_tree(trng, h, d, 5.5, inside, r_min, hilum=h, max_segments=500)
+            skel = grow_tree(trng, h, d, 4.5, inside, r_min, hilum=h, max_segments=500, targets=targets)
             off = np.cross(np.asarray(d, float), [0, 0, 1.0]) if abs(d[2]) < 0.9 else np.array([1.0, 0, 0])
             off = (off / np.linalg.norm(off)).astype(np.float32)
             arteries = arteries.concat(skel.shifted(off, 0.9))
@@ -314,7 +319,8 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
         vh = h + np.array([0.0, 12.0, -0.2 * L])
         for d in ((np.sign(h[0]) * 0.7, 0.2, 0.6), (np.sign(h[0]) * 0.8, -0.4, -0.4),
                   (np.sign(h[0]) * 0.4, 0.6, -0.8)):
-            veins = veins.concat(grow_tree(trng, vh, d, 4.5, inside, r_min, hilum=vh, max_segments=350))
+            veins = veins.concat(grow_tree(trng, vh, d, 4.0, inside, r_min, hilum=vh, max_segments=400,
+                                           targets=targets))
     vessel = rasterize(arteries.concat(veins), grid)
     vessel *= lungf
     blend(vessel, blood if contrast is None else contrast * 0.8, TISSUES["blood"])
@@ -424,15 +430,15 @@ def _ribs(anat: PatientAnatomy, f: _Frame, grid: Grid) -> tuple[Segments, Segmen
         return float(np.interp(z, zs, arr if arr.size == zs.size else np.full(zs.size, arr[0])))
 
     bone, cart = Segments.empty(), Segments.empty()
-    spacing = (L * 1.02) / 11.5
+    spacing = (L * 1.0) / 10.5
     for k in range(12):
         z0 = 12 - k * spacing
         reach = 1.0 if k < 7 else (0.8 if k < 10 else 0.55)
-        drop = 35 + 4 * k
+        drop = 75 + 4 * k      # ribs run obliquely down and forward: short arcs in each axial slice
         pts = []
         for t in np.linspace(0, reach, 16):
             phi = np.deg2rad(78 - 150 * t)
-            z = z0 - drop * t ** 1.4 + 6 * np.sin(np.pi * min(t * 3, 1))
+            z = z0 - drop * t + 8 * np.sin(np.pi * min(t * 3, 1))
             a_, b_, c_ = at(z, ta), at(z, tb), at(z, ty)
             pts.append((np.cos(phi) * (a_ + 7), c_ + np.sin(phi) * (b_ + 6), z))
         pts = np.array(pts, np.float32)

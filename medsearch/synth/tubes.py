@@ -143,7 +143,7 @@ def rasterize_layers(seg: Segments, grid: Grid, layers, outs=None) -> list[np.nd
 
 
 def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, r_min: float,
-              hilum=None, max_segments: int = 1500) -> Segments:
+              hilum=None, max_segments: int = 1500, targets: np.ndarray | None = None) -> Segments:
     """A branching tree that tapers (Murray's law) and stays inside ``inside``.
 
     Args:
@@ -154,6 +154,8 @@ def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, 
         r_min: branches thinner than this end the tree (about a third of a pixel:
             thinner vessels are invisible at the reconstruction's resolution).
         hilum: point the tree spreads away from, so that it fills the periphery.
+        targets: ``(n, 3)`` points of the lung to grow toward (space-filling, like the
+            tissue that a real pulmonary tree supplies); each child turns toward one.
     """
     segs: list[tuple] = []
     hil = tuple(float(v) for v in (root if hilum is None else hilum))
@@ -181,10 +183,19 @@ def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, 
         f2 = (1.0 - f1 ** 3) ** (1.0 / 3.0)
         axis = _unit(_cross(d, tuple(rng.normal(size=3))))
         outward = _unit(_add(end, hil, -1.0))
+        near = None
+        if targets is not None and len(targets):
+            vec = targets - np.asarray(end, np.float32)
+            dist = np.sqrt((vec * vec).sum(1)) + 1e-3
+            ahead = (vec @ np.asarray(d, np.float32)) / dist
+            near = np.nonzero((ahead > 0.1) & (dist < 30 * r_end + 20))[0]
         for f, ang in ((f1, rng.uniform(8, 28)), (f2, -rng.uniform(30, 60))):
             nd = _rotate(d, axis, np.deg2rad(ang))
             nd = _unit(_add(nd, outward, 0.25))
-            stack.append((end, nd, r_end * f, depth + 1))
+            if near is not None and len(near):
+                t = vec[near[int(rng.integers(len(near)))]]
+                nd = _unit(_add(nd, _unit(tuple(float(v) for v in t)), 0.8))
+            stack.insert(0, (end, nd, r_end * f, depth + 1))
     if not segs:
         return Segments.empty()
     p0, p1, r0, r1 = zip(*segs)
