@@ -14,13 +14,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from medsearch.errors import MedsearchError, NotBuiltError
+from sqlalchemy.exc import SQLAlchemyError
+
+from medsearch.errors import MedsearchError, NotBuiltError, StorageError
 from medsearch.pacs import queue
 from medsearch.pacs.spool import Spool
 
 log = logging.getLogger(__name__)
 
 IDLE_POLL_SECONDS = 1.0
+DB_RETRY_SECONDS = 5.0
 
 
 def ingest_function():
@@ -74,6 +77,8 @@ def process_one(inst, spool: Spool, ingest_paths, report: WorkerReport) -> bool:
     if c is None:
         return False
     files = spool.files(c.spool_path)
+    if not files:
+        log.warning("ingest job %d: its spool folder is empty or gone; marking it done", c.id)
     beat = _Heartbeat(inst, c, s.worker_lease_seconds)
     beat.start()
     try:
@@ -114,10 +119,18 @@ def run_worker(inst, once: bool = False, stop: threading.Event | None = None) ->
     report = WorkerReport()
     last_reconcile = 0.0
     while not stop.is_set():
-        if time.monotonic() - last_reconcile > 10:
-            queue.reconcile(inst, spool)
-            last_reconcile = time.monotonic()
-        if process_one(inst, spool, ingest_paths, report):
+        try:
+            if time.monotonic() - last_reconcile > 10:
+                queue.reconcile(inst, spool)
+                last_reconcile = time.monotonic()
+            if process_one(inst, spool, ingest_paths, report):
+                continue
+        except SQLAlchemyError as exc:  # the database is away: nothing is lost, the jobs wait for it
+            if once:
+                raise StorageError(f"The database is unreachable ({type(exc).__name__}).",
+                                   "Check database_url and that the database server runs.") from None
+            log.error("database unavailable (%s); retrying in %.0f s", type(exc).__name__, DB_RETRY_SECONDS)
+            stop.wait(DB_RETRY_SECONDS)
             continue
         if once:
             break

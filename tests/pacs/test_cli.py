@@ -47,3 +47,11 @@ def test_bad_arguments_exit_with_the_problem_and_fix(sqlite_instance, args, code
 def test_commands_without_an_instance_say_how_to_make_one(tmp_path):
     result = CliRunner().invoke(cli, ["--home", str(tmp_path / "none"), "worker", "--once"])
     assert result.exit_code == 3 and "medsearch init" in result.output
+
+
+def test_worker_once_with_the_database_away_says_so(sqlite_instance):
+    config = sqlite_instance.config_file
+    config.write_text(config.read_text() + '\ndatabase_url = "postgresql://medsearch@127.0.0.1:9/none"\n')
+    result = CliRunner().invoke(cli, ["--home", str(sqlite_instance.home), "worker", "--once"])
+    assert result.exit_code == 5, result.output
+    assert "database is unreachable" in result.output and "database_url" in result.output
