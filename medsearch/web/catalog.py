@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from medsearch.accounts import Principal
-from medsearch.errors import InputError, NotBuiltError, NotFoundError
+from medsearch.errors import ConfigError, InputError, MedsearchError, ModelError, NotBuiltError, NotFoundError
 from medsearch.store.models import Series, Study, Volume
 
 WINDOWS = ("lung", "mediastinum")
@@ -232,6 +232,15 @@ def run_query(inst, text: str | None, k: int, filters: dict, principal: Principa
         return run_search(inst, text, k, filters, principal)
     except ImportError as exc:  # a module the pipeline needs has not landed yet
         raise NotBuiltError(f"search pipeline dependency {exc.name or ''}".strip()) from None
+    except (ModelError, ConfigError) as exc:  # no model installed, or one that does not match the index
+        raise Unavailable(exc.problem, exc.fix) from None
+
+
+class Unavailable(MedsearchError):
+    """A service the request needs cannot run in this instance's state (e.g. no model): 503."""
+
+    http_status = 503
+    code = "unavailable"
 
 
 def series_shapes(inst, series: list[str]) -> dict[str, list[int]]:

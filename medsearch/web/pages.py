@@ -43,11 +43,12 @@ def index():
             check_text(text)
         result = catalog.run_query(inst, text, k, ctx["filters"], g.principal, similar_to=similar)
     except MedsearchError as exc:
-        if exc.http_status >= 500 and exc.code != "not_built":
+        if exc.http_status >= 500 and exc.http_status != 503:
             raise
         # Shown on the page with the form kept, so the user can correct and retry.
         ctx["error"] = exc
-        ctx["chips"] = chips_from_parse(catalog.parse_query(text)) if text and exc.code == "not_built" else []
+        # The parse is still shown when only the search behind it is unavailable.
+        ctx["chips"] = chips_from_parse(catalog.parse_query(text)) if text and exc.http_status == 503 else []
         return render_template("index.html", **ctx), exc.http_status
     ctx["result"] = result
     ctx["chips"] = chips_from_parse(result.get("query"))

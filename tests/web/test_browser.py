@@ -67,12 +67,16 @@ def live(tmp_path_factory, web_instance_factory, viewer):
     inst.close()
 
 
+# The machine is shared by parallel test runs: generous waits, never sleeps.
+expect.set_options(timeout=20_000)
+
+
 @pytest.fixture(scope="module")
 def browser():
     assert Path(CHROMIUM).exists(), "Chromium is missing: run 'bash tests/system_deps.sh'"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True, timeout=60_000)
         yield b
         b.close()
 
@@ -97,6 +101,7 @@ def _no_external_requests(page, base, seen):
 
 def test_radiologist_flow_study_scroll_and_break_glass(browser, live, viewer):
     ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(20_000)
     page = ctx.new_page()
     external: list[str] = []
     _no_external_requests(page, live, external)
@@ -143,6 +148,7 @@ def test_radiologist_flow_study_scroll_and_break_glass(browser, live, viewer):
 
 def test_compliance_sees_the_break_glass_in_chinese_then_english(browser, live):
     ctx = browser.new_context(locale="zh-CN", viewport={"width": 1280, "height": 900})
+    ctx.set_default_timeout(20_000)
     page = ctx.new_page()
     _login_with_keyboard(page, live, "compliance")
     expect(page).to_have_url(live + "/audit")
