@@ -201,7 +201,7 @@ class Ingestor:
     def _header(self, path: Path) -> _Header | FileOutcome:
         try:
             with quiet():
-                ds = read_dicom(path)
+                ds = read_dicom(path, stop_before_pixels=True)
         except OSError as exc:
             return FileOutcome(None, UNREADABLE, f"The file cannot be read ({type(exc).__name__}).")
         if ds is None:
@@ -320,8 +320,7 @@ class Ingestor:
                 vault.store(session, keys, "patient", first.patient, first.originals.patient)
                 vault.store(session, keys, "study", first.study, first.originals.study)
                 vault.store(session, keys, "series", first.series, first.originals.series)
-                for _, sha in results:
-                    quarantine.release(session, sha)
+                quarantine.release(session, [sha for _, sha in results])
         except DBIntegrityError:
             # Another process stored the same series (or patient/study) first: the series is there.
             if self._stored(first.series):

@@ -37,12 +37,13 @@ Beyond the table, and stricter than it:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+import functools
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pydicom.datadict import dictionary_has_tag, keyword_for_tag
-from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
@@ -217,6 +218,7 @@ def rule_for(tag: int) -> Rule | None:
     return rule
 
 
+@functools.lru_cache(maxsize=8192)
 def action_for(tag: int, options: Options) -> tuple[str, str | None]:
     """(action, the option column that chose it or None) for a public tag listed in the table."""
     rule = rule_for(tag)
@@ -343,8 +345,41 @@ def _is_overlay_or_curve(tag: Tag) -> bool:
     return (0x6000 <= tag.group <= 0x60FF or 0x5000 <= tag.group <= 0x50FF) and tag.group % 2 == 0
 
 
+PRIVATE = "private"
+
+
+@functools.lru_cache(maxsize=16384)
+def _classify(tag: int, options: Options) -> tuple[str, str | None]:
+    """The action for a tag, before looking at its value: PRIVATE, or (code, option column).
+
+    Cached per (tag, options): the same few hundred tags recur in every file.
+    """
+    group, element = tag >> 16, tag & 0xFFFF
+    if group % 2:
+        return PRIVATE, None
+    if element == 0 or _is_overlay_or_curve(Tag(tag)) or not dictionary_has_tag(tag) \
+            or keyword_for_tag(tag) in REMOVE_KEYWORDS:
+        return "X", None  # group lengths, overlays, curves, icons, tags unknown to the dictionary
+    return action_for(tag, options)
+
+
+def _plain_vr(ds: Dataset, tag: Tag) -> str | None:
+    """The element's VR without converting its value (None when ambiguous or unknown)."""
+    raw = ds.get_item(tag)
+    vr = getattr(raw, "VR", None)
+    if not vr:
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    return None if " or " in vr else vr
+
+
 def apply_profile(ds: Dataset, ctx: Context, on_item: Callable[[Dataset], None] | None = None) -> None:
     """De-identify ``ds`` in place, recursing into every sequence item at every depth.
+
+    Elements are removed or replaced without decoding their values where the action does not
+    depend on them (most of them): decoding every raw value would dominate ingest time.
 
     Args:
         ds: a dataset, or a sequence item.
@@ -353,31 +388,37 @@ def apply_profile(ds: Dataset, ctx: Context, on_item: Callable[[Dataset], None] 
     """
     safe_creators: set[int] = set()
     for tag in list(ds.keys()):
-        tag = Tag(tag)
-        if tag.is_private:
+        code, column = _classify(int(tag), ctx.options)
+        if code == PRIVATE:
             if tag.is_private_creator:
                 continue  # decided below, once we know whether any element of its block stays
             if _private_is_safe(ds, tag, ctx.options):
                 safe_creators.add((tag.group << 16) | (tag.element >> 8))
                 ctx.count("private-kept")
                 continue
-            del ds[tag]
-            ctx.count("X")
-            continue
-        if tag.element == 0 or _is_overlay_or_curve(tag) or not dictionary_has_tag(tag) \
-                or keyword_for_tag(tag) in REMOVE_KEYWORDS:
-            del ds[tag]
-            ctx.count("X")
-            continue
-        elem = ds[tag]
-        in_table = rule_for(int(tag)) is not None
-        code, column = action_for(int(tag), ctx.options)
-        if not in_table and elem.VR == "UI" and not _is_well_known_uid_element(elem):
-            code = "U"  # a UID the table does not list may still embed a date or an MRN
-        ctx.count(code)
+            code = "X"
+        vr = _plain_vr(ds, tag) if code != "X" else None
         if code == "X":
             del ds[tag]
+            ctx.count(code)
             continue
+        if vr is not None and vr not in ("SQ", "UI"):
+            # Fast paths: the value is not needed to keep, empty or replace it.
+            if code == "K":
+                ctx.count(code)
+                continue
+            if code == "Z" and isinstance(raw := ds.get_item(tag), RawDataElement):
+                ctx.count(code)
+                ds[tag] = raw._replace(value=b"", length=0)  # still undecoded: empty it without decoding
+                continue
+            if code in ("Z", "D"):
+                ctx.count(code)
+                ds[tag] = DataElement(tag, vr, None if code == "Z" else DUMMY_BY_VR.get(vr, DUMMY_TEXT))
+                continue
+        elem = ds[tag]
+        if rule_for(int(tag)) is None and elem.VR == "UI" and not _is_well_known_uid_element(elem):
+            code = "U"  # a UID the table does not list may still embed a date or an MRN
+        ctx.count(code)
         if code == "Z":
             elem.value = Sequence([]) if elem.VR == "SQ" else None
             continue
@@ -393,6 +434,6 @@ def apply_profile(ds: Dataset, ctx: Context, on_item: Callable[[Dataset], None] 
                 if on_item is not None:
                     on_item(item)
     # Private creators stay only for blocks that still hold a safe element.
-    for tag in [t for t in ds.keys() if Tag(t).is_private_creator]:
-        if (Tag(tag).group << 16) | Tag(tag).element not in safe_creators:
+    for tag in [t for t in ds.keys() if t.is_private_creator]:
+        if (tag.group << 16) | tag.element not in safe_creators:
             del ds[tag]

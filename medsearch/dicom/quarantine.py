@@ -7,7 +7,7 @@ a reason built from constant text (never a value read from the file), in the
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from medsearch.errors import InputError
 from medsearch.store.models import Quarantine
@@ -28,8 +28,7 @@ def record(session, file_sha256: str, reason: str) -> None:
         row.reason = reason
 
 
-def release(session, file_sha256: str) -> None:
-    """Forget a quarantine row once the file was ingested after all (e.g. a completed series)."""
-    row = session.scalar(select(Quarantine).where(Quarantine.file_sha256 == file_sha256))
-    if row is not None:
-        session.delete(row)
+def release(session, file_sha256s: list[str]) -> None:
+    """Forget quarantine rows of files that were ingested after all (e.g. a series now complete)."""
+    if file_sha256s:
+        session.execute(delete(Quarantine).where(Quarantine.file_sha256.in_(file_sha256s)))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
@@ -21,8 +20,9 @@ from pydicom.errors import InvalidDicomError
 
 def _silence_pydicom_logger() -> None:
     logger = logging.getLogger("pydicom")
-    logger.propagate = False
-    logger.setLevel(logging.CRITICAL + 1)
+    if logger.propagate or logger.level <= logging.CRITICAL:  # setLevel clears every logger's cache: once
+        logger.propagate = False
+        logger.setLevel(logging.CRITICAL + 1)
 
 
 @contextlib.contextmanager
@@ -34,8 +34,8 @@ def quiet():
         yield
 
 
-def read_dicom(path: str | Path) -> Dataset | None:
-    """Read a DICOM file, or return None when the file is not DICOM.
+def read_dicom(path, stop_before_pixels: bool = False) -> Dataset | None:
+    """Read a DICOM file (a path or a binary file object), or return None when it is not DICOM.
 
     Files without the 128-byte preamble and 'DICM' prefix (allowed on some media)
     are accepted when they parse as a dataset with a SOP Class.
@@ -45,13 +45,15 @@ def read_dicom(path: str | Path) -> Dataset | None:
     """
     with quiet():
         try:
-            return pydicom.dcmread(path)
+            return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
         except InvalidDicomError:
             pass
         except (ValueError, EOFError, KeyError, TypeError, AttributeError, NotImplementedError):
             return None
         try:
-            ds = pydicom.dcmread(path, force=True)
+            if hasattr(path, "seek"):
+                path.seek(0)
+            ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
         except Exception:  # noqa: BLE001 - anything unparsable with force=True is simply not DICOM
             return None
         try:
