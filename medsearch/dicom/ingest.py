@@ -404,8 +404,9 @@ def encode_volume(inst, encoder, series_key: str, vol: HUVolume) -> bool:
 
     try:
         encoded = encoder.encode_volume(vol)
-    except MedsearchError as exc:
-        log.warning("encoding a volume failed: %s", exc.problem)
+    except Exception as exc:  # noqa: BLE001 - one volume the model cannot encode must not stop an ingest
+        log.warning("encoding a volume failed: %s", exc.problem if isinstance(exc, MedsearchError)
+                    else type(exc).__name__)
         with inst.sessions() as session, session.begin():
             row = session.scalar(select(Volume).join(Series).where(Series.pseudonym == series_key))
             row.status = "failed"

@@ -19,7 +19,6 @@ import logging
 from pathlib import Path
 
 import pydicom
-import pytest
 from click.testing import CliRunner
 from pydicom.datadict import dictionary_VM, dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
@@ -253,7 +252,7 @@ def test_phi_canaries_never_leak(instance, tmp_path, slice_factory, lenient_writ
     assert result.exit_code == 0, result.output
     assert "3 deidentified" in result.output
     report = ingest_paths(instance, [src])
-    assert report.counts()["series"] == {"stored": 1}, report.to_dict()
+    assert sum(report.counts()["series"].values()) == 1 and report.counts()["files"] == {"ingested": 3}
 
     # The de-identified output is usable: one series, references consistent, meta matches.
     written = [pydicom.dcmread(p) for p in sorted(out.rglob("*.dcm"))]
