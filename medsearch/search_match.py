@@ -76,6 +76,9 @@ def query_findings(parsed: dict) -> tuple[list[dict], list[dict]]:
         }
         if not flat["concept"]:
             continue
+        if flat["laterality"] and flat["site"] and vocab.LOBE_SIDE.get(flat["site"]) == flat["laterality"]:
+            # the parser fills the side of a lobe in; it is implied by the site, not a second attribute
+            flat["laterality"] = None
         (neg if f.get("negated") else pos).append(flat)
     return pos, neg
 

@@ -133,3 +133,12 @@ def test_complexity_counts_attributes_findings_and_negations():
     assert sm.complexity(q(qf("nodule"))) == 0
     assert sm.complexity(q(qf("nodule", "left lower lobe", density="solid"))) == 2
     assert sm.complexity(q(qf("nodule"), qf("mass"), qf("pleural effusion", negated=True))) == 2
+
+
+def test_laterality_implied_by_the_site_is_not_a_second_attribute():
+    implied = q(qf("nodule", "left lower lobe", laterality="left"))
+    assert sm.complexity(implied) == 1
+    m = sm.match(implied, [GGN_LLL])
+    assert m.matched == ["nodule", "left lower lobe"]
+    # a side that the site does not imply stays an attribute (e.g. a pleural finding)
+    assert sm.complexity(q(qf("pleural effusion", "pleura", laterality="left"))) == 2

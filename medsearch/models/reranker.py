@@ -77,7 +77,9 @@ class CrossAttentionReranker(nn.Module):
         super().__init__()
         self.config = {"text_dim": text_dim, "image_dim": image_dim, "dim": dim, "heads": heads, "layers": layers}
         self.text_in = nn.Linear(text_dim, dim)
-        self.image_in = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+        # no LayerNorm over channels here: it would erase how strongly a cell responds, which is where a
+        # finding is; a plain projection keeps it
+        self.image_in = nn.Linear(image_dim, dim)
         # positions from coordinates, so any grid size works (another input shape, another tower)
         self.pos = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
         self.blocks = nn.ModuleList([_Block(dim, heads) for _ in range(layers)])
@@ -167,7 +169,8 @@ def itm_pairs(findings: list[list[dict]], rng: random.Random) -> list[tuple[int,
 
 def train_reranker(spatial: torch.Tensor, findings: list[list[dict]], tokens: Callable | None = None,
                    epochs: int = 8, batch: int = 64, lr: float = 2e-3, seed: int = 0,
-                   progress: bool = True, device: str | torch.device = "cpu") -> CrossAttentionReranker:
+                   progress: bool = True, device: str | torch.device = "cpu",
+                   pairs_fn: Callable = None) -> CrossAttentionReranker:
     """Train the reranker by image-text matching on hard negatives.
 
     Args:
@@ -175,6 +178,7 @@ def train_reranker(spatial: torch.Tensor, findings: list[list[dict]], tokens: Ca
         findings: per study, its label findings (``type``, ``site``, ``laterality``, ``density``, ``diameter_mm``).
         tokens: text -> (tokens, mask); default :class:`TextTokens`.
         epochs, batch, lr, seed: optimisation; deterministic for a seed on the CPU.
+        pairs_fn: (findings, rng) -> [(study index, text, label)]; default :func:`itm_pairs`.
 
     Returns:
         the trained model (eval mode, on the CPU).
@@ -189,7 +193,7 @@ def train_reranker(spatial: torch.Tensor, findings: list[list[dict]], tokens: Ca
     cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     bar = tqdm(range(epochs), desc="reranker", disable=not progress)
     for _epoch in bar:
-        pairs = itm_pairs(findings, rng)
+        pairs = (pairs_fn or itm_pairs)(findings, rng)
         rng.shuffle(pairs)
         model.train()
         total, seen = 0.0, 0

@@ -96,15 +96,28 @@ def fake_tokens(texts):
     return out, mask
 
 
+def simple_pairs(findings, rng):
+    """Positives and one-word hard negatives (side, lobe), without the terminology (fast)."""
+    texts = {0: ("left lower lobe nodule", ["right lower lobe nodule", "left upper lobe nodule", "pleural effusion"]),
+             1: ("pleural effusion", ["left lower lobe nodule", "pneumothorax"])}
+    return [(i, t, 1.0) for i, (t, _) in texts.items()] + [(i, n, 0.0) for i, (_, ns) in texts.items() for n in ns]
+
+
 def test_training_learns_to_tell_pairs_apart(tmp_path):
     torch.manual_seed(0)
     # study 0: signal in the first cell; study 1: signal in the last cell
     spatial = torch.zeros(2, 4, 2, 2, 2)
-    spatial[0, :, 0, 0, 0] = 3.0
-    spatial[1, :, 1, 1, 1] = 3.0
+    spatial[0, :, 0, 0, 0] = torch.tensor([3.0, 0.0, 1.0, 2.0])
+    spatial[1, :, 1, 1, 1] = torch.tensor([0.0, 3.0, 2.0, 1.0])
     findings = FINDINGS[:2]
-    model = train_reranker(spatial, findings, tokens=fake_tokens, epochs=200, batch=16, seed=0, progress=False)
-    pairs = itm_pairs(findings, random.Random(1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: thread hand-offs cost more than they save on a busy machine
+    try:
+        model = train_reranker(spatial, findings, tokens=fake_tokens, epochs=30, batch=16, lr=5e-3, seed=0,
+                               progress=False, pairs_fn=simple_pairs)
+    finally:
+        torch.set_num_threads(threads)
+    pairs = simple_pairs(findings, random.Random(1))
     texts = [p[1] for p in pairs]
     tok, mask = fake_tokens(texts)
     with torch.no_grad():

@@ -1,0 +1,167 @@
+"""The search pipeline over a real database and a real FAISS index.
+
+The ranking stage (:func:`medsearch.search._rank`) is driven with query vectors
+chosen by the test, so that each rule is checked on a predictable ranking; the
+end-to-end path (parse, encoder, index, audit) is in tests/test_search_e2e.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+from medsearch import search as S
+from medsearch.accounts import Principal
+from medsearch.errors import InputError, NotFoundError
+from medsearch.instance import Instance
+from tests.search_fixtures import add_series, finding, parse_dict, pf, unit
+
+RESULT_KEYS = {"study", "series", "score", "components", "matched", "unmatched", "key_slice", "region",
+               "study_date", "modality", "body_part"}
+
+
+@pytest.fixture
+def archive(instance):
+    """Four studies: a LLL ground-glass nodule, a RLL solid nodule, an effusion, a normal study (MR, south)."""
+    add_series(instance, "P1", "ST1", "SE1", unit(1.0, 0.2),
+               [finding("nodule", "left lower lobe", "left", "ground-glass", 21.0, key_slice=17, bbox=[5, 6, 20, 22])])
+    add_series(instance, "P2", "ST2", "SE2", unit(1.0, 0.5),
+               [finding("nodule", "right lower lobe", "right", "solid", 8.0)], study_date=dt.date(2023, 5, 1))
+    add_series(instance, "P3", "ST3", "SE3", unit(0.9, 0.0, 0.6),
+               [finding("nodule", "left lower lobe", "left", "ground-glass", 20.0),
+                finding("pleural effusion", "pleura", "right", probability=0.95)])
+    add_series(instance, "P4", "ST4", "SE4", unit(0.0, 0.0, 0.0, 1.0), [], modality="MR", site="south",
+               study_date=dt.date(2022, 2, 2))
+    return instance
+
+
+def ranked(inst, parsed, vector, k=10, filters=None, user=None, **kw):
+    results, total, weights = S._rank(inst, parsed, None, vector, k, S.search_rules.normalise_filters(filters),
+                                      user, use_reranker=False, **kw)
+    return results, total, weights
+
+
+def test_result_schema_and_order(archive):
+    results, total, w = ranked(archive, parse_dict(pf("nodule")), unit(1.0, 0.2))
+    assert total == 4
+    assert [r["study"] for r in results][:1] == ["ST1"]
+    for r in results:
+        assert set(r) == RESULT_KEYS
+        assert set(r["components"]) >= {"global", "region", "attributes", "similarity", "weights"}
+    assert results[0]["study_date"] == "2024-01-10" and results[0]["modality"] == "CT"
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    assert w["region"] == 0.0 and sum(w.values()) == pytest.approx(1.0)
+
+
+def test_attributes_outrank_a_closer_embedding(archive):
+    # the query vector is closest to ST2 (RLL solid), but the query asks for a LLL ground-glass nodule of 2 cm
+    q = parse_dict(pf("nodule", "left lower lobe", size={"min": 20, "max": 20}, density="ground-glass"))
+    results, _, w = ranked(archive, q, unit(1.0, 0.5))
+    assert results[0]["study"] in ("ST1", "ST3") and results[-1]["study"] != "ST1"
+    top = results[0]
+    assert top["matched"] == ["nodule", "left lower lobe", "20 mm", "ground-glass"]
+    st2 = next(r for r in results if r["study"] == "ST2")
+    assert "left lower lobe" in st2["unmatched"] and "ground-glass" in st2["unmatched"]
+    assert w["attributes"] > w["global"]
+
+
+def test_negation_excludes(archive):
+    q = parse_dict(pf("nodule"), pf("pleural effusion", negated=True))
+    results, total, _ = ranked(archive, q, unit(0.9, 0.0, 0.6))
+    studies = [r["study"] for r in results]
+    assert "ST3" not in studies and total == 3
+    assert all("no pleural effusion" in r["matched"] for r in results)
+
+
+def test_key_slice_from_predicted_finding_else_middle(archive):
+    results, _, _ = ranked(archive, parse_dict(pf("nodule", "left lower lobe")), unit(1.0, 0.2))
+    by = {r["study"]: r for r in results}
+    assert by["ST1"]["key_slice"] == 17 and by["ST1"]["region"] == [5, 6, 20, 22]
+    assert by["ST2"]["key_slice"] == 20 and by["ST2"]["region"] == [0, 0, 63, 63]  # no map, no slice: the middle
+
+
+@pytest.mark.parametrize("filters, expected", [
+    ({"modality": "MR"}, {"ST4"}),
+    ({"modality": ["ct"]}, {"ST1", "ST2", "ST3"}),
+    ({"date_from": "2023-01-01", "date_to": "2023-12-31"}, {"ST2"}),
+    ({"date_to": "2022-12-31"}, {"ST4"}),
+    ({"body_part": "chest"}, {"ST1", "ST2", "ST3", "ST4"}),
+    ({"body_part": "HEAD"}, set()),
+])
+def test_filters(archive, filters, expected):
+    results, total, _ = ranked(archive, parse_dict(), unit(1.0), filters=filters)
+    assert {r["study"] for r in results} == expected and total == len(expected)
+
+
+def test_user_allowed_sites_fail_closed(archive):
+    north = Principal("ann", "radiologist", allowed_sites=("north",))
+    results, _, _ = ranked(archive, parse_dict(), unit(1.0), user=north)
+    assert {r["study"] for r in results} == {"ST1", "ST2", "ST3"}
+    nowhere = Principal("bob", "radiologist", allowed_sites=())
+    assert ranked(archive, parse_dict(), unit(1.0), user=nowhere)[0] == []
+    everyone = Principal("cid", "radiologist", allowed_sites=None)
+    assert len(ranked(archive, parse_dict(), unit(1.0), user=everyone)[0]) == 4
+
+
+def test_restricted_patients_never_appear(home):
+    inst = Instance.create(home, settings={"restricted_patients": ["P1"]})
+    try:
+        add_series(inst, "P1", "ST1", "SE1", unit(1.0))
+        add_series(inst, "P2", "ST2", "SE2", unit(0.5, 0.5))
+        results, total, _ = ranked(inst, parse_dict(), unit(1.0))
+        assert [r["study"] for r in results] == ["ST2"] and total == 1
+        # also when a filter makes the index search pre-filtered
+        results, _, _ = ranked(inst, parse_dict(), unit(1.0), filters={"modality": "CT"})
+        assert [r["study"] for r in results] == ["ST2"]
+    finally:
+        inst.close()
+
+
+def test_series_aggregate_to_their_study(sqlite_instance):
+    add_series(sqlite_instance, "P1", "ST1", "SE1a", unit(0.2, 1.0), [finding("nodule", "right upper lobe")])
+    add_series(sqlite_instance, "P1", "ST1", "SE1b", unit(1.0, 0.1), [finding("nodule", "right upper lobe")])
+    add_series(sqlite_instance, "P2", "ST2", "SE2", unit(1.0, 0.4), [finding("nodule", "right upper lobe")])
+    results, total, _ = ranked(sqlite_instance, parse_dict(pf("nodule")), unit(1.0))
+    assert [r["study"] for r in results] == ["ST1", "ST2"] and total == 2
+    assert results[0]["series"] == "SE1b"  # the study is represented by its best series
+
+
+def test_k_limits_results(archive):
+    results, total, _ = ranked(archive, parse_dict(), unit(1.0), k=2)
+    assert len(results) == 2 and total == 4
+
+
+def test_similar_leaves_out_its_own_study(archive):
+    out = S.similar(archive, "SE1", k=3, user=Principal("ann", "radiologist"))
+    studies = [r["study"] for r in out["results"]]
+    assert "ST1" not in studies and studies[0] == "ST3"  # same LLL ground-glass nodule
+    assert out["query"]["similar_to"] == {"series": "SE1"}
+
+
+@pytest.mark.parametrize("series", ["NOPE", "", "x" * 65])
+def test_similar_unknown_series(sqlite_instance, series):
+    with pytest.raises((NotFoundError, InputError)):
+        S.similar(sqlite_instance, series)
+
+
+@pytest.mark.parametrize("filters, message", [
+    ({"colour": "red"}, "Unknown search filter"),
+    ({"date_from": "yesterday"}, "not a date"),
+    ({"date_from": "2024-02-01", "date_to": "2024-01-01"}, "after date_to"),
+    ({"modality": 5}, "must be a string"),
+])
+def test_bad_filters(filters, message):
+    with pytest.raises(InputError, match=message):
+        S.search_rules.normalise_filters(filters)
+
+
+@pytest.mark.parametrize("text, k, message", [
+    ("", 10, "empty"), ("   ", 10, "empty"), ("x" * 4001, 10, "longer than"), ("nodule", 0, "k must be"),
+    ("nodule", 201, "k must be"), ("nodule", True, "k must be"), (None, 10, "empty"),
+])
+def test_bad_search_input(sqlite_instance, text, k, message):
+    with pytest.raises(InputError, match=message):
+        S.search(sqlite_instance, text, k=k)
