@@ -165,3 +165,18 @@ def orthanc_factory(tmp_path):
     yield make
     for peer in peers:
         peer.stop()
+
+
+@pytest.fixture(scope="session")
+def synthetic_study(tmp_path_factory) -> Path:
+    """One study of the synthetic archive (``medsearch synth``): its DICOM folder, with labels beside it."""
+    import sys
+
+    out = tmp_path_factory.mktemp("synth")
+    medsearch = Path(sys.executable).parent / "medsearch"
+    result = subprocess.run([str(medsearch), "synth", str(out), "--studies", "1", "--seed", "7"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    studies = sorted((out / "dicom").iterdir())
+    assert len(studies) == 1
+    return studies[0]

@@ -65,3 +65,26 @@ def test_pull_from_orthanc_is_ingested(sqlite_instance, orthanc_factory, series_
         text = " ".join(str(r) for r in s.execute(select(Study.uid, Study.description, Series.description)
                                                    .join(Series)).all())
     assert CANARY_NAME not in text and CANARY_ID not in text
+
+
+def test_synthetic_study_over_dcmtk_is_ingested_on_postgresql(make_receiver, postgres_url, synthetic_study,
+                                                              pacs_log):
+    receiver, inst = make_receiver(database_url=postgres_url, quiet_seconds=0.5)
+    assert inst.engine.dialect.name == "postgresql"
+    files = sorted(synthetic_study.rglob("*.dcm"))
+    per_series = sorted(len(list(d.glob("*.dcm"))) for d in synthetic_study.iterdir())
+    echo = run_tool(dcmtk("echoscu"), "-aet", "PACS1", "-aec", "MEDSEARCH", "127.0.0.1", receiver.port)
+    assert echo.returncode == 0, echo.stderr
+    sent = run_tool(dcmtk("storescu"), "+sd", "+r", "-aet", "PACS1", "-aec", "MEDSEARCH", "127.0.0.1",
+                    receiver.port, synthetic_study)
+    assert sent.returncode == 0, sent.stderr[-2000:]
+    wait_for(lambda: len(_jobs(inst)) == len(per_series), timeout=15, what="every series to be queued")
+    report = run_worker(inst, once=True)
+    assert report.done == len(per_series) and report.instances == len(files), report.errors
+    stored = sorted(n for n, m, _ in _series(inst))
+    assert max(per_series) in stored, "the main CT series was not stored whole"
+    assert all(n in per_series for n in stored)
+    with inst.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Study)) == 1
+    source = pydicom.dcmread(files[0])
+    assert_no_phi(pacs_log.text, [str(source.StudyInstanceUID), str(source.PatientID), str(source.PatientName)])

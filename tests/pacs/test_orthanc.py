@@ -44,4 +44,4 @@ def test_orthanc_is_refused_when_not_an_allowed_caller(make_receiver, orthanc_fa
     r = requests.post(f"{orthanc.url}/modalities/medsearch/store",
                       data=json.dumps({"Resources": study, "Synchronous": True}), timeout=30)
     assert not r.ok
-    assert not list((inst.spool_dir / "incoming").rglob("*.dcm"))
+    assert not list(inst.spool_dir.rglob("*.dcm"))

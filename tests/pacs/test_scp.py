@@ -32,7 +32,7 @@ def test_echoscu_gets_success(make_receiver):
 
 def test_storescu_series_is_spooled_durably_and_queued_after_the_quiet_period(make_receiver, series_factory,
                                                                                pacs_log):
-    receiver, inst = make_receiver(quiet_seconds=1.0)
+    receiver, inst = make_receiver(quiet_seconds=2.0)
     paths = series_factory(n=5)
     uids = [str(pydicom.dcmread(p).SOPInstanceUID) for p in paths]
     uids.append(str(pydicom.dcmread(paths[0]).SeriesInstanceUID))
@@ -64,7 +64,7 @@ def test_resent_instance_is_not_duplicated_in_the_spool(make_receiver, series_fa
     for _ in range(2):
         result = run_tool(dcmtk("storescu"), "-aec", "MEDSEARCH", "127.0.0.1", receiver.port, *paths)
         assert result.returncode == 0, result.stderr
-    assert len(list((inst.spool_dir / "incoming").rglob("*.dcm"))) == 3
+    assert len(list(inst.spool_dir.rglob("*.dcm"))) == 3  # incoming or already sealed
 
 
 @pytest.mark.parametrize("allowed, caller, accepted", [
@@ -117,7 +117,7 @@ def test_unsupported_sop_class_gets_its_presentation_context_rejected(make_recei
     assert rejected == {SecondaryCaptureImageStorage: 0x03}  # abstract syntax not supported
     assert accepted == {CTImageStorage}
     assert "SecondaryCaptureImageStorage" in pacs_log.text or "Secondary Capture" in pacs_log.text
-    assert not list((inst.spool_dir / "incoming").rglob("*.dcm"))
+    assert not list(inst.spool_dir.rglob("*.dcm"))
 
 
 def test_storescu_with_an_unsupported_sop_class_stores_nothing(make_receiver, series_factory):
@@ -129,7 +129,7 @@ def test_storescu_with_an_unsupported_sop_class_stores_nothing(make_receiver, se
     result = run_tool(dcmtk("storescu"), "-aec", "MEDSEARCH", "127.0.0.1", receiver.port, path)
     assert result.returncode != 0
     assert "No presentation context" in result.stderr or "no presentation context" in result.stderr.lower()
-    assert not list((inst.spool_dir / "incoming").rglob("*.dcm"))
+    assert not list(inst.spool_dir.rglob("*.dcm"))
 
 
 def _garbage(path):
@@ -168,7 +168,7 @@ def test_malformed_data_gets_a_failure_status_and_is_not_spooled(make_receiver, 
     rsp = assoc.send_c_store(path)
     assoc.release()
     assert rsp.Status == status
-    assert not list((inst.spool_dir / "incoming").rglob("*.dcm"))
+    assert not list(inst.spool_dir.rglob("*.dcm"))
     assert f"status 0x{status:04X}" in pacs_log.text
     assert_no_phi(pacs_log.text, [original.SOPInstanceUID, original.StudyInstanceUID])
 
@@ -198,7 +198,7 @@ def test_transfer_syntaxes_are_accepted_and_spooled_as_received(make_receiver, s
         _recode(ts)(p)
     result = run_tool(dcmtk("storescu"), flag, "-aec", "MEDSEARCH", "127.0.0.1", receiver.port, *paths)
     assert result.returncode == 0, result.stderr
-    spooled = list((inst.spool_dir / "incoming").rglob("*.dcm"))
+    spooled = list(inst.spool_dir.rglob("*.dcm"))
     assert len(spooled) == 2
     for p in spooled:
         ds = pydicom.dcmread(p)
@@ -245,7 +245,7 @@ def test_tls_only_when_configured(make_receiver, tmp_path, series_factory):
     store = run_tool(dcmtk("storescu"), "+tla", "+cf", cert, "-aec", "MEDSEARCH", "127.0.0.1", receiver.port,
                      *series_factory(n=2))
     assert store.returncode == 0, store.stderr
-    assert len(list((inst.spool_dir / "incoming").rglob("*.dcm"))) == 3
+    assert len(list(inst.spool_dir.rglob("*.dcm"))) == 3  # incoming or already sealed
     plain = run_tool(dcmtk("echoscu"), "-to", "5", "-ta", "5", "-aec", "MEDSEARCH", "127.0.0.1", receiver.port)
     assert plain.returncode != 0  # a plain-TCP peer cannot talk to a TLS-only SCP
 
