@@ -1,0 +1,162 @@
+"""The encoder other areas use: ``get_encoder(inst)`` and the doctor check.
+
+Contract:
+
+- ``encode_volume(vol: HUVolume) -> EncodedVolume``: the L2-normalised float32
+  embedding (256,), the spatial map float16 (C, X, Y, Z) on the canonical grid
+  (R, A, S order) with ``canon_shape``/``canon_affine`` for localisation, the
+  attribute heads' findings, and ``model_version``.
+- ``encode_text(text) -> float32 (256,)``: ``text`` is the terminology's
+  *canonical phrase* (``medsearch.query.parse(raw).canonical``); the search
+  pipeline normalises raw queries before calling it, so this function does not
+  parse again.  Similarity is the inner product.
+
+The model is ``settings.model_dir`` when set, else the one shipped in
+``medsearch/models/default/``.  ``settings.model_int8`` runs the towers with
+INT8 dynamic quantization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsearch.errors import ConfigError, MedsearchError
+
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default"
+_lock = threading.Lock()
+_cache: dict[tuple, "Encoder"] = {}
+
+
+@dataclass
+class EncodedVolume:
+    embedding: np.ndarray  # float32 (D,), L2-normalised
+    spatial: np.ndarray  # float16 (C, X, Y, Z)
+    findings: list[dict]
+    model_version: str
+    canon_shape: tuple[int, int, int] = (0, 0, 0)  # (X, Y, Z) = (R, A, S)
+    canon_affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+
+
+class Encoder:
+    """A loaded model: image side, text projection and (lazily) MiniLM."""
+
+    def __init__(self, model_dir: Path, int8: bool = False, threads: int | None = None):
+        from medsearch.models.dual import DualEncoder
+        from medsearch.models.train import CONFIG_FILE, MODEL_FILE
+
+        model_dir = Path(model_dir)
+        if not (model_dir / MODEL_FILE).exists() or not (model_dir / CONFIG_FILE).exists():
+            raise ConfigError(f"No trained model in '{model_dir}' ({MODEL_FILE} and {CONFIG_FILE} expected).",
+                              "Train one with 'medsearch train --archive DIR --out MODEL_DIR', or clear "
+                              "the model_dir setting to use the bundled model.")
+        self.config = json.loads((model_dir / CONFIG_FILE).read_text())
+        weights = (model_dir / MODEL_FILE).read_bytes()
+        self.model_version = f"{self.config['arch']}-{hashlib.sha256(weights).hexdigest()[:12]}" + (
+            "-int8" if int8 else "")
+        model = DualEncoder(self.config["arch"], self.config["dim"])
+        state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model.eval()
+        self.int8 = int8
+        if int8:
+            from medsearch.models.quantize import quantize_dual
+
+            model = quantize_dual(model)
+        self.model = model
+        self._minilm = None
+        self.dim = int(self.config["dim"])
+
+    @property
+    def minilm(self):
+        if self._minilm is None:
+            from medsearch.models.text_tower import MiniLM
+
+            m = MiniLM()
+            if self.int8:
+                from medsearch.models.quantize import quantize_linear
+
+                m.bert = quantize_linear(m.bert)
+            self._minilm = m
+        return self._minilm
+
+    @torch.no_grad()
+    def encode_image_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Batch forward of the image side. Args: x (B, 2, Z, Y, X) windowed canonical volumes."""
+        return self.model.encode_image(x)
+
+    @torch.no_grad()
+    def encode_volume(self, vol) -> EncodedVolume:
+        from medsearch.models.heads import decode_findings
+        from medsearch.models.preprocess import HUWindows, to_canonical
+
+        if vol.hu.ndim != 3 or min(vol.hu.shape) < 2:
+            from medsearch.errors import InputError
+
+            raise InputError(f"A volume of shape {tuple(vol.hu.shape)} cannot be encoded.",
+                             "Encode a 3-D series with at least 2 slices.")
+        canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
+        x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
+        out = self.model.encode_image(x)
+        findings = []
+        for f in decode_findings({k: out[k][0] for k in ("presence", "density", "size")}):
+            findings.append({**f, "finding_type": f["type"], "key_slice": None, "bbox": None})
+        spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()  # (C, z, y, x) -> (C, X, Y, Z)
+        z, y, x_ = canon.shape
+        return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),
+                             spatial.numpy().astype(np.float16), findings, self.model_version,
+                             (x_, y, z), affine)
+
+    @torch.no_grad()
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Canonical phrases -> float32 (N, D), L2-normalised."""
+        return self.model.encode_text(self.minilm(list(texts))).numpy().astype(np.float32)
+
+    def encode_text(self, text: str) -> np.ndarray:
+        """A canonical phrase -> float32 (D,), L2-normalised."""
+        if not isinstance(text, str) or not text.strip():
+            from medsearch.errors import InputError
+
+            raise InputError("The text to encode is empty.", "Pass a non-empty canonical phrase.")
+        return self.encode_texts([text])[0]
+
+
+def model_dir_for(inst) -> Path:
+    configured = inst.settings.model_dir if inst is not None else ""
+    if not configured:
+        return DEFAULT_MODEL_DIR
+    path = Path(configured)
+    return path if path.is_absolute() else Path(inst.home) / path
+
+
+def load_encoder(model_dir: Path, int8: bool) -> Encoder:
+    key = (str(Path(model_dir).resolve()), bool(int8))
+    with _lock:
+        if key not in _cache:
+            _cache[key] = Encoder(model_dir, int8=int8)
+        return _cache[key]
+
+
+def get_encoder(inst) -> Encoder:
+    """The instance's encoder (cached per model folder and INT8 setting)."""
+    return load_encoder(model_dir_for(inst), bool(inst.settings.model_int8) if inst is not None else False)
+
+
+def doctor_check(inst, Check):
+    """The model loads and encodes a phrase to a unit vector of the configured dimension."""
+    path = model_dir_for(inst)
+    try:
+        enc = get_encoder(inst)
+        vec = enc.encode_text("right lower lobe solid nodule")
+    except MedsearchError as exc:
+        return Check("model", "fail", exc.problem, exc.fix or "")
+    if vec.shape != (enc.dim,) or abs(float(np.linalg.norm(vec)) - 1.0) > 1e-3:
+        return Check("model", "fail", f"the model at {path} gives a malformed text embedding",
+                     "Retrain it with 'medsearch train', or clear model_dir to use the bundled model.")
+    return Check("model", "ok", f"{enc.model_version} ({'INT8' if enc.int8 else 'FP32'}, dim {enc.dim})")
