@@ -267,13 +267,24 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 # --------------------------------------------------------------------------- model and search
 @cli.command()
 @click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              help="Synthetic archive or hospital DICOM tree.")
+              multiple=True, help="Synthetic archive or hospital DICOM tree (repeat for several).")
 @click.option("--reports", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reports (CSV/JSONL keyed by accession number) for a hospital archive.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder.")
-def train(archive, reports, out):
+@click.option("--steps", default=1500, show_default=True, help="Optimisation steps.")
+@click.option("--batch-size", default=16, show_default=True, help="Studies per step.")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
+@click.option("--arch", default="ctnet", show_default=True, type=click.Choice(["ctnet", "resnet10"]),
+              help="Image-tower architecture.")
+def train(archive, reports, out, steps, batch_size, seed, arch):
     """Train the image and text towers (and reranker) contrastively."""
-    raise NotBuiltError("image and text towers (issue 6)")
+    from medsearch.models.train import TrainConfig, train_archives
+
+    summary = train_archives(list(archive), out, reports,
+                             TrainConfig(arch=arch, steps=steps, batch_size=batch_size, seed=seed))
+    click.echo(f"trained {summary['steps']} steps on {summary['train_studies']} studies "
+               f"({summary['val_studies']} held out) in {summary['seconds']:.0f} s: loss {summary['loss']:.3f}, "
+               f"validation report->volume R@5 {summary['val_R@5']:.3f}; model written to {out}")
 
 
 @cli.command("eval")
@@ -282,7 +293,13 @@ def train(archive, reports, out):
 @click.option("--json", "as_json", is_flag=True)
 def eval_(archive, model_dir, as_json):
     """Evaluate report->volume and phrase->volume retrieval on an archive."""
-    raise NotBuiltError("model evaluation (issue 6)")
+    from medsearch.models.evaluate import evaluate_archive, format_table
+
+    result = evaluate_archive(archive, model_dir, progress=not as_json)
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(format_table(result))
 
 
 @cli.command()
