@@ -250,6 +250,65 @@ def test_tls_only_when_configured(make_receiver, tmp_path, series_factory):
     assert plain.returncode != 0  # a plain-TCP peer cannot talk to a TLS-only SCP
 
 
+def _ca_signed(tmp_path):
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all as PEM files."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def name(cn):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem, key, cert):
+        (tmp_path / f"{stem}.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+        (tmp_path / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        return tmp_path / f"{stem}.crt", tmp_path / f"{stem}.key"
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    out = {"ca": write("ca", ca_key, ca)}
+    for stem, usage, san in (("server", ExtendedKeyUsageOID.SERVER_AUTH, "127.0.0.1"),
+                             ("client", ExtendedKeyUsageOID.CLIENT_AUTH, None)):
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(f"medsearch {stem}")).issuer_name(ca.subject)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
+                   .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                                  critical=False))
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(san))]),
+                                            critical=False)
+        out[stem] = write(stem, key, builder.sign(ca_key, hashes.SHA256()))
+    return out
+
+
+def test_tls_with_client_certificates_refuses_senders_without_one(make_receiver, tmp_path):
+    pki = _ca_signed(tmp_path)
+    (server_crt, server_key), (client_crt, client_key), (ca_crt, _) = pki["server"], pki["client"], pki["ca"]
+    receiver, _ = make_receiver({"scp_tls_cert": str(server_crt), "scp_tls_key": str(server_key),
+                                 "scp_tls_ca": str(ca_crt)})
+    with_cert = run_tool(dcmtk("echoscu"), "+tls", client_key, client_crt, "+cf", ca_crt, "-aec", "MEDSEARCH",
+                         "127.0.0.1", receiver.port)
+    assert with_cert.returncode == 0, with_cert.stderr
+    without = run_tool(dcmtk("echoscu"), "+tla", "+cf", ca_crt, "-to", "5", "-aec", "MEDSEARCH", "127.0.0.1",
+                       receiver.port)
+    assert without.returncode != 0
+
+
 def test_half_configured_tls_is_a_config_error(make_receiver, tmp_path):
     from medsearch.errors import ConfigError
 
