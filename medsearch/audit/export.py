@@ -14,8 +14,9 @@ study_view 110110 Patient Record
 reidentify 110110 Patient Record         110127 Emergency Override Started
 export     110106 Export
 admin      110113 Security Alert         110137 User Security Attributes Changed /
-                                        110136 Security Roles Changed / 110120-1
-                                        Application Start/Stop (110100)
+                                        110136 Security Roles Changed /
+                                        110131 Software Configuration (config.change)
+app.*      110100 Application Activity   110120 Application Start / 110121 Stop
 ingest     110107 Import
 ========== ============================ =========================================
 
@@ -59,6 +60,7 @@ LOGOUT: Code = ("110123", "DCM", "Logout")
 EMERGENCY_OVERRIDE: Code = ("110127", "DCM", "Emergency Override Started")
 USER_ATTRS_CHANGED: Code = ("110137", "DCM", "User Security Attributes Changed")
 ROLES_CHANGED: Code = ("110136", "DCM", "Security Roles Changed")
+SOFTWARE_CONFIG: Code = ("110131", "DCM", "Software Configuration")
 APP_START: Code = ("110120", "DCM", "Application Start")
 APP_STOP: Code = ("110121", "DCM", "Application Stop")
 SOURCE_ROLE: Code = ("110153", "DCM", "Source Role ID")
@@ -109,7 +111,9 @@ def atna_message(ev: dict, source_id: str | None = None) -> bytes:
     elif kind == "reidentify":
         _code(ident, "EventTypeCode", EMERGENCY_OVERRIDE)
     elif kind == "admin":
-        _code(ident, "EventTypeCode", ROLES_CHANGED if "role" in str(p.get("action")) else USER_ATTRS_CHANGED)
+        action = str(p.get("action"))
+        _code(ident, "EventTypeCode", SOFTWARE_CONFIG if action.startswith("config.")
+              else ROLES_CHANGED if "role" in action else USER_ATTRS_CHANGED)
     elif kind == "app":
         _code(ident, "EventTypeCode", APP_STOP if p.get("action") == "app.stop" else APP_START)
     remote = p.get("remote_addr") or ""

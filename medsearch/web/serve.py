@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import ssl
 from pathlib import Path
@@ -78,6 +80,13 @@ class _Waitress:
     def close(self):
         self._closing = True
         self.server.close()
+        # Kept-alive client connections would hold the poll loop until they time out.
+        for channel in list(getattr(self.server, "_map", {}).values()):
+            try:
+                channel.close()
+            except OSError:
+                pass
+        self.server.task_dispatcher.shutdown(timeout=5)
 
 
 class _Cheroot:
@@ -96,12 +105,50 @@ class _Cheroot:
         self.server.stop()
 
 
+def settings_fingerprint(settings) -> dict[str, str]:
+    """A short hash per setting: enough to tell *which* settings changed, never their values
+    (database_url may hold a password)."""
+    return {name: hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:12]
+            for name, value in sorted(settings.as_dict().items())}
+
+
+def track_config_change(inst) -> list[str]:
+    """Compare the settings with those of the last start; record a config.change event naming what changed.
+
+    Settings live in config.toml and the environment, edited outside medsearch; this is where a
+    change becomes visible in the audit trail.
+    """
+    from sqlalchemy import select
+
+    from medsearch.store.models import AuditEvent as Row
+
+    current = settings_fingerprint(inst.settings)
+    with inst.sessions() as s:
+        rows = s.execute(select(Row.payload).where(Row.event_type == "admin", Row.actor == "system")
+                         .order_by(Row.id.desc()).limit(50)).scalars().all()
+    previous = None
+    for payload in rows:
+        data = json.loads(payload)
+        if data.get("action") in ("app.start", "config.change") and "settings" in data.get("detail", {}):
+            previous = data["detail"]["settings"]
+            break
+    changed = sorted(k for k in set(current) | set(previous or {}) if (previous or {}).get(k) != current.get(k))
+    if previous is not None and changed:
+        inst.track(AdminEvent(actor="system", action="config.change", target="settings",
+                              detail={"changed": changed, "settings": current}))
+    return changed if previous is not None else []
+
+
 def serve(inst, host: str | None = None, port: int | None = None, echo=print) -> None:
     host = host or inst.settings.web_host
     port = inst.settings.web_port if port is None else port
     server, scheme = make_server(inst, host, port)
+    changed = track_config_change(inst)
+    if changed:
+        echo(f"settings changed since the last start: {', '.join(changed)} (recorded in the audit log)")
     inst.track(AdminEvent(actor="system", action="app.start", target="web",
-                          detail={"scheme": scheme, "port": server.port}))
+                          detail={"scheme": scheme, "port": server.port,
+                                  "settings": settings_fingerprint(inst.settings)}))
     echo(f"medsearch serving on {scheme}://{host}:{server.port} (Ctrl-C to stop)")
     try:
         server.run()

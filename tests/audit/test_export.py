@@ -29,13 +29,14 @@ EVENTS = [
     AdminEvent(actor="system", action="app.start", target="web"),
     IngestEvent(actor="stow", source="stow", counts={"files": {"ingested": 3}}),
     LoginEvent(actor="alice", method="logout"),
+    AdminEvent(actor="system", action="config.change", target="settings", detail={"changed": ["web_port"]}),
 ]
 # (EventID, EventTypeCode or None, EventActionCode, outcome indicator)
 EXPECTED = [
     ("110114", "110122", "E", "0"), ("110114", "110122", "E", "4"), ("110112", None, "E", "0"),
     ("110110", None, "R", "0"), ("110110", "110127", "R", "0"), ("110106", None, "R", "0"),
     ("110113", "110137", "U", "0"), ("110100", "110120", "E", "0"), ("110107", None, "C", "0"),
-    ("110114", "110123", "E", "0"),
+    ("110114", "110123", "E", "0"), ("110113", "110131", "U", "0"),
 ]
 ORDER = ["EventIdentification", "ActiveParticipant", "AuditSourceIdentification", "ParticipantObjectIdentification"]
 

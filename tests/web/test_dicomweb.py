@@ -127,3 +127,28 @@ def test_wrong_media_type_is_415(stow, content_type):
 def test_malformed_request_is_400(stow, body, content_type):
     resp = stow(body, content_type)
     assert resp.status_code == 400 and resp.get_json()["error"] == "input"
+
+
+def test_a_real_dicomweb_client_can_store(web_inst, tokens):
+    """dicomweb-client's STOW-RS against the live server (its multipart encoding, not ours)."""
+    import threading
+
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    from medsearch.web.serve import make_server
+
+    server, _ = make_server(web_inst, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        client = DICOMwebClient(f"http://127.0.0.1:{server.port}/dicomweb",
+                                headers={"Authorization": f"Bearer {tokens['pacs']}", "Connection": "close"})
+        datasets = [pydicom.dcmread(io.BytesIO(data)) for data, _ in _series(3)]
+        before = _series_count(web_inst)
+        result = client.store_instances(datasets)
+        assert len(result.ReferencedSOPSequence) == 3
+        assert _series_count(web_inst) == before + 1
+    finally:
+        server.close()
+        thread.join(10)

@@ -66,3 +66,25 @@ def test_bad_tls_settings_stop_start_up(home, tls_files, settings, problem):
     with pytest.raises(ConfigError, match=problem):
         make_server(inst, "127.0.0.1", 0)
     inst.close()
+
+
+def test_config_changes_between_starts_are_audited(home):
+    import json as _json
+
+    from medsearch.web.serve import settings_fingerprint, track_config_change
+    from medsearch.audit.events import AdminEvent
+
+    inst = Instance.create(home, env={})
+    assert track_config_change(inst) == []  # first start: nothing to compare with
+    inst.track(AdminEvent(actor="system", action="app.start", target="web",
+                          detail={"settings": settings_fingerprint(inst.settings)}))
+    (home / "config.toml").write_text('[medsearch]\nsession_idle_minutes = 5\n'
+                                      'viewer_url_template = "https://secret-pacs.example/{study_uid}"\n')
+    changed = Instance(home, env={})
+    assert track_config_change(changed) == ["session_idle_minutes", "viewer_url_template"]
+    from medsearch.audit.review import query_events
+
+    last = query_events(inst, limit=1)[0][0]
+    assert last["payload"]["action"] == "config.change" and "secret-pacs" not in _json.dumps(last)
+    inst.close()
+    changed.close()
