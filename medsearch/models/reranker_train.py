@@ -140,7 +140,7 @@ def train_for_model(model, train_set, val_set, out: Path, text_vectors, device=N
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = model.to(dev)
     _, spatial = image_outputs(model, train_set, dev)
-    tokens = TextTokens()
+    tokens = TextTokens(minilm=getattr(text_vectors, "minilm", None))  # share the training TextCache's MiniLM
     reranker = train_reranker(spatial, [s.findings for s in train_set], tokens=tokens, epochs=epochs, seed=seed,
                               progress=progress, device=dev)
     gain = measure_gain(model, reranker, tokens, text_vectors, val_set, dev) if val_set else {}
