@@ -40,6 +40,8 @@ from medsearch.store.models import ApiToken, User
 
 ROLES: tuple[str, ...] = ("radiologist", "compliance", "admin", "pacs")
 MIN_PASSWORD = 10
+#: Longer inputs are refused before hashing (a megabyte "password" is a denial-of-service attempt).
+MAX_PASSWORD = 1024
 TOKEN_PREFIX = "mst_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 #: argon2id, RFC 9106 low-memory profile (t=3, m=64 MiB, p=4): argon2-cffi's defaults.
@@ -112,6 +114,8 @@ def hash_password(password: str) -> str:
     if not isinstance(password, str) or len(password) < MIN_PASSWORD:
         raise InputError(f"The password is shorter than {MIN_PASSWORD} characters.",
                          f"Choose a password of at least {MIN_PASSWORD} characters.")
+    if len(password) > MAX_PASSWORD:
+        raise InputError(f"The password is longer than {MAX_PASSWORD} characters.", "Choose a shorter password.")
     return _hasher.hash(password)
 
 
@@ -196,6 +200,8 @@ def authenticate(inst, name: str, password: str, remote_addr: str = "") -> Princ
     settings = inst.settings
     now = _now()
     actor = name[:64] if isinstance(name, str) else ""
+    if not isinstance(password, str) or len(password) > MAX_PASSWORD:
+        password = ""  # still verified (and counted) below, at the normal cost
     reason = "bad_credentials"
     principal = None
     with inst.sessions() as s, s.begin():

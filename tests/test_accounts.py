@@ -48,6 +48,7 @@ def test_password_is_stored_as_argon2id_and_checks(instance):
 
 @pytest.mark.parametrize("name, password, role, problem", [
     ("bob", "short", "radiologist", "shorter than"),
+    ("bob", "x" * 1025, "radiologist", "longer than"),
     ("bob", PW, "superuser", "Unknown role"),
     ("bad name", PW, "radiologist", "name is not valid"),
     ("", PW, "radiologist", "name is not valid"),

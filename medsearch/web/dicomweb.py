@@ -33,6 +33,23 @@ REFUSED = 0xA700  # out of resources / refused by policy
 CHUNK = 1 << 20
 
 
+STALE_SPOOL_SECONDS = 3600
+
+
+def clear_stale_spool(inst) -> int:
+    """Remove STOW spool folders a crashed request left behind (they hold identifiable data)."""
+    import time
+
+    root = inst.spool_dir / "stow"
+    removed = 0
+    if root.is_dir():
+        for folder in root.iterdir():
+            if time.time() - folder.stat().st_mtime > STALE_SPOOL_SECONDS:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+    return removed
+
+
 class UnsupportedMediaType(MedsearchError):
     http_status = 415
     code = "unsupported_media_type"

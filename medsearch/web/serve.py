@@ -143,6 +143,9 @@ def serve(inst, host: str | None = None, port: int | None = None, echo=print) ->
     host = host or inst.settings.web_host
     port = inst.settings.web_port if port is None else port
     server, scheme = make_server(inst, host, port)
+    from medsearch.web.dicomweb import clear_stale_spool
+
+    clear_stale_spool(inst)
     changed = track_config_change(inst)
     if changed:
         echo(f"settings changed since the last start: {', '.join(changed)} (recorded in the audit log)")

@@ -152,3 +152,20 @@ def test_a_real_dicomweb_client_can_store(web_inst, tokens):
     finally:
         server.close()
         thread.join(10)
+
+
+def test_stale_spool_folders_are_cleared(web_inst):
+    import os
+    import time
+
+    from medsearch.web.dicomweb import STALE_SPOOL_SECONDS, clear_stale_spool
+
+    root = web_inst.spool_dir / "stow"
+    old, fresh = root / "old", root / "fresh"
+    for folder in (old, fresh):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "part00000.dcm").write_bytes(b"identifiable")
+    past = time.time() - STALE_SPOOL_SECONDS - 5
+    os.utime(old, (past, past))
+    assert clear_stale_spool(web_inst) == 1
+    assert not old.exists() and fresh.exists()
