@@ -180,3 +180,21 @@ def synthetic_study(tmp_path_factory) -> Path:
     studies = sorted((out / "dicom").iterdir())
     assert len(studies) == 1
     return studies[0]
+
+
+@pytest.fixture(scope="session")
+def untrained_model_dir(tmp_path_factory) -> Path:
+    """A model folder with untrained towers (as the search pipeline tests use): enough to encode and search."""
+    import torch
+
+    from medsearch.models.dual import DualEncoder
+    from medsearch.models.reranker import RERANKER_FILE, CrossAttentionReranker, save_reranker
+    from medsearch.models.train import save_model
+
+    torch.manual_seed(0)
+    model_dir = tmp_path_factory.mktemp("model")
+    model = DualEncoder()
+    save_model(model, model_dir, {"note": "untrained, for the PACS end-to-end test"})
+    save_reranker(CrossAttentionReranker(image_dim=model.image.out_channels), model_dir / RERANKER_FILE,
+                  {"keep": {"phrase": True, "report": True}})
+    return model_dir

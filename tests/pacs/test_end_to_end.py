@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 
 from medsearch.pacs.pull import pull
 from medsearch.pacs.worker import run_worker
-from medsearch.store.models import IngestJob, Series, Study
+from medsearch.store.models import IngestJob, Series, Study, Volume
 
 from .conftest import CANARY_ID, CANARY_NAME, assert_no_phi, dcmtk, run_tool, wait_for
 
@@ -67,9 +67,12 @@ def test_pull_from_orthanc_is_ingested(sqlite_instance, orthanc_factory, series_
     assert CANARY_NAME not in text and CANARY_ID not in text
 
 
-def test_synthetic_study_over_dcmtk_is_ingested_on_postgresql(make_receiver, postgres_url, synthetic_study,
-                                                              pacs_log):
-    receiver, inst = make_receiver(database_url=postgres_url, quiet_seconds=0.5)
+def test_synthetic_study_over_dcmtk_is_ingested_and_searchable_on_postgresql(
+        make_receiver, postgres_url, synthetic_study, untrained_model_dir, pacs_log):
+    from medsearch.search import search
+
+    receiver, inst = make_receiver({"model_dir": str(untrained_model_dir), "model_int8": False},
+                                   database_url=postgres_url, quiet_seconds=0.5)
     assert inst.engine.dialect.name == "postgresql"
     files = sorted(synthetic_study.rglob("*.dcm"))
     per_series = sorted(len(list(d.glob("*.dcm"))) for d in synthetic_study.iterdir())
@@ -86,5 +89,10 @@ def test_synthetic_study_over_dcmtk_is_ingested_on_postgresql(make_receiver, pos
     assert all(n in per_series for n in stored)
     with inst.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Study)) == 1
+        study = s.scalar(select(Study.pseudonym))
+        encoded = s.scalar(select(func.count()).select_from(Volume).where(Volume.vector_id.is_not(None)))
+    assert encoded >= 1, "the received series was stored but not encoded"
+    found = search(inst, "ground-glass nodule in the right upper lobe", k=5)
+    assert [r["study"] for r in found["results"]] == [study]
     source = pydicom.dcmread(files[0])
     assert_no_phi(pacs_log.text, [str(source.StudyInstanceUID), str(source.PatientID), str(source.PatientName)])
