@@ -180,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--quality-queries", type=int, default=60, help="phrase queries per language for quality")
     ap.add_argument("--keep", type=Path, default=None, help="keep the instance in this folder")
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--skip-quality", action="store_true", help="latency only")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from medsearch.instance import Instance
@@ -187,13 +189,20 @@ def main(argv=None) -> int:
 
     arch = archive(args.studies, args.seed)
     home = args.keep or Path(tempfile.mkdtemp(prefix="bench-search-"))
-    inst = Instance.create(home, settings={"search_cache_size": 0})
+    settings = {"search_cache_size": 0}
+    if args.model:
+        settings["model_dir"] = str(args.model.resolve())
+    inst = Instance.create(home, settings=settings)
     try:
         ingest(inst, arch)
         labs = map_labels(inst, read_labels(arch))
         t0 = time.perf_counter()
-        qual = quality(inst, labs, max_queries=args.quality_queries)
-        loc = localisation(inst, labs, max_queries=args.quality_queries)
+        if args.skip_quality:
+            qual, loc = {"pool": len(labs), "phrase_to_volume": {}, "report_to_volume": {}}, {
+                "relevant_hits": 0, "key_slice_within": 0, "rate": None}
+        else:
+            qual = quality(inst, labs, max_queries=args.quality_queries)
+            loc = localisation(inst, labs, max_queries=args.quality_queries)
         qual_s = time.perf_counter() - t0
         n = tile(inst, args.series)
         lat = latency(inst, queries(labs, args.queries))
