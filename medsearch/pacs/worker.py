@@ -76,6 +76,16 @@ def process_one(inst, spool: Spool, ingest_paths, report: WorkerReport) -> bool:
     c = queue.claim(inst, s.worker_lease_seconds)
     if c is None:
         return False
+    if c.attempts > s.worker_max_attempts:
+        # Claimed again after its lease ran out each time: a job that kills its worker (out of memory,
+        # a crashing decoder) must not crash-loop the service forever.
+        error = (f"the worker stopped during this job {c.attempts - 1} times (killed or crashed); "
+                 "see the worker log around those times")
+        queue.fail(inst, c, error, s.worker_max_attempts, s.worker_backoff_seconds)
+        log.error("ingest job %d dead-lettered: %s", c.id, error)
+        report.dead += 1
+        report.errors.append(error)
+        return True
     files = spool.files(c.spool_path)
     if not files:
         log.warning("ingest job %d: its spool folder is empty or gone; marking it done", c.id)

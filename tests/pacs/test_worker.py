@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import select
 
@@ -65,3 +67,26 @@ def test_failures_are_retried_then_dead_lettered_and_doctor_lists_them(sqlite_in
     check = next(c for c in doctor["checks"] if c["name"] == "ingest_queue")
     assert check["status"] == "fail" and stored in check["detail"] and "--retry-dead" in check["fix"]
     assert doctor["counts"]["dead_letters"] == 1 and not doctor["ok"]
+
+
+def test_a_job_that_keeps_killing_its_worker_is_dead_lettered(sqlite_instance):
+    from sqlalchemy import update
+
+    from medsearch.pacs.queue import utcnow
+
+    sqlite_instance.settings._values.update(worker_max_attempts=2)
+    spool, path = _sealed_job(sqlite_instance)
+    for _ in range(2):  # two workers died mid-job: their leases ran out
+        assert queue.claim(sqlite_instance, lease_seconds=60) is not None
+        with sqlite_instance.sessions() as s:
+            s.execute(update(IngestJob).values(next_attempt_at=utcnow() - timedelta(seconds=1)))
+            s.commit()
+
+    def ingest_paths(inst, paths, source):
+        raise AssertionError("a dead-lettered job must not be ingested again")
+
+    report = WorkerReport()
+    assert process_one(sqlite_instance, spool, ingest_paths, report)
+    status, attempts, error = _status(sqlite_instance)
+    assert status == "dead" and "stopped during this job 2 times" in error and report.dead == 1
+    assert spool.sealed() == [path]
