@@ -70,9 +70,9 @@ def test_kill_9_scp_and_worker_mid_send_loses_nothing_and_ingests_nothing_twice(
         # Phase 1: ten studies arrive; the worker is killed while it ingests them.
         sent = subprocess.run([*storescu, *map(str, first)], capture_output=True, text=True, timeout=60)
         assert sent.returncode == 0 and _acked(sent.stderr) == len(first), sent.stderr[-2000:]
-        wait_for(lambda: _jobs(inst).get("running") or _jobs(inst).get("done"), timeout=20, interval=0.005,
-                 what="the worker to start a job")
-        worker.kill9()
+        wait_for(lambda: _jobs(inst).get("running"), timeout=30, interval=0.005, what="the worker to start a job")
+        worker.kill9()  # mid-job: the job stays 'running' until its lease runs out
+        assert _jobs(inst).get("running") == 1
         # Phase 2: the other ten are being sent when the scp is killed.
         sender = subprocess.Popen([*storescu, *map(str, second)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                   text=True)
