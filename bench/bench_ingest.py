@@ -5,7 +5,8 @@ multi-frame series).  Measured, each ``--repeats`` times (medians reported), wit
 page cache for both:
 
 * **baseline**: ``pydicom.dcmread`` + ``pixel_array`` of every file (what any reader must do);
-* **ingest**: ``medsearch.dicom.ingest.ingest_paths(..., encode=False)`` into a fresh instance (SQLite):
+* **ingest**: ``medsearch.dicom.ingest.ingest_paths(..., encode=False)`` into a fresh instance (SQLite),
+  with ``--workers`` processes (as ``medsearch ingest`` runs it) and in-process (as STOW-RS and the SCP run it):
   header pass, full read, de-identification, volume assembly, int16 volume + thumbnail written and
   fsynced, database rows and vault records in one transaction per series, audit event.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shutil
 import statistics
@@ -51,12 +53,12 @@ def plain_read(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def ingest_once(archive: Path, work: Path) -> tuple[float, dict]:
+def ingest_once(archive: Path, work: Path, workers: int) -> tuple[float, dict]:
     home = work / f"home-{time.monotonic_ns()}"
     inst = Instance.create(home)
     try:
         start = time.perf_counter()
-        report = ingest_paths(inst, [archive], encode=False)
+        report = ingest_paths(inst, [archive], encode=False, workers=workers)
         seconds = time.perf_counter() - start
     finally:
         inst.close()
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--matrix", default="256", choices=["128", "256", "512"])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--archive", type=Path, help="Use this archive instead of generating one.")
+    parser.add_argument("--workers", type=int, default=2, help="Ingest worker processes (1: in-process).")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
@@ -83,13 +86,15 @@ def main() -> None:
         files = sorted(p for p in archive.rglob("*.dcm"))
         megabytes = sum(p.stat().st_size for p in files) / 1e6
         plain_read(files)  # warm the page cache for both measurements
-        base_times, ingest_times, counts = [], [], {}
+        base_times, ingest_times, serial_times, counts = [], [], [], {}
         for _ in range(args.repeats):
             base_times.append(plain_read(files))
-            seconds, counts = ingest_once(archive, work)
+            seconds, counts = ingest_once(archive, work, args.workers)
             ingest_times.append(seconds)
+            serial_times.append(ingest_once(archive, work, 1)[0])
 
     base, ing = statistics.median(base_times), statistics.median(ingest_times)
+    serial = statistics.median(serial_times)
     n_series = sum(counts["series"].values())
     result = {
         "archive": {"files": len(files), "megabytes": round(megabytes, 2), "series": n_series,
@@ -100,19 +105,28 @@ def main() -> None:
         "ingest_no_encoding": {"median_s": round(ing, 3), "runs_s": [round(t, 3) for t in ingest_times],
                                "series_per_min": round(n_series / ing * 60, 1),
                                "mb_per_s": round(megabytes / ing, 1), "outcomes": counts},
+        "ingest_no_encoding_in_process": {"median_s": round(serial, 3),
+                                          "runs_s": [round(t, 3) for t in serial_times],
+                                          "series_per_min": round(n_series / serial * 60, 1),
+                                          "mb_per_s": round(megabytes / serial, 1)},
+        "workers": args.workers,
         "ratio_ingest_over_baseline": round(ing / base, 2),
+        "ratio_in_process_over_baseline": round(serial / base, 2),
         "target_ratio": TARGET_RATIO,
         "meets_target": ing / base <= TARGET_RATIO,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine()},
+        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(), "load_average_1min_at_end": round(os.getloadavg()[0], 1)},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"{'':28}{'median s':>10}{'series/min':>12}{'MB/s':>8}")
     for name, key in (("pydicom read+decode", "baseline_pydicom_read_decode"),
-                      ("ingest (no encoding)", "ingest_no_encoding")):
+                      (f"ingest, {args.workers} workers", "ingest_no_encoding"),
+                      ("ingest, in-process", "ingest_no_encoding_in_process")):
         row = result[key]
         print(f"{name:28}{row['median_s']:>10.3f}{row['series_per_min']:>12.1f}{row['mb_per_s']:>8.1f}")
-    print(f"ratio ingest/baseline: {result['ratio_ingest_over_baseline']:.2f} (target <= {TARGET_RATIO}); "
+    print(f"ratio ingest/baseline: {result['ratio_ingest_over_baseline']:.2f} with {args.workers} workers, "
+          f"{result['ratio_in_process_over_baseline']:.2f} in-process (target <= {TARGET_RATIO}); "
           f"{len(files)} files, {megabytes:.1f} MB, {n_series} series")
 
 

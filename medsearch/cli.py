@@ -144,14 +144,14 @@ def deid(ctx, src, dst):
 @click.pass_context
 def ingest(ctx, paths, encode_pending, as_json):
     """De-identify, assemble and store the DICOM series under PATHS."""
+    from medsearch.dicom.ingest import default_workers, ingest_paths
     from medsearch.dicom.ingest import encode_pending as run_encode_pending
-    from medsearch.dicom.ingest import ingest_paths
 
     if not paths and not encode_pending:
         raise click.UsageError("Give PATH... to ingest, or --encode-pending.")
     inst = _instance(ctx)
     if paths:
-        report = ingest_paths(inst, paths, source="cli", progress=not as_json)
+        report = ingest_paths(inst, paths, source="cli", progress=not as_json, workers=default_workers(inst))
         if as_json:
             _echo_json(report.to_dict())
         else:

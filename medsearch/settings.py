@@ -62,6 +62,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("uid_root", "", "UID root for new UIDs. Empty means the 2.25 (UUID-derived) form.") ,
     # -- ingest
     Setting("ingest_modalities", ["CT", "MR"], "Modalities that ingest accepts; others are rejected.", list),
+    Setting("ingest_workers", 1, "Worker processes that de-identify and assemble series in parallel during "
+            "'medsearch ingest' (1: in-process; 0: one per core, at most 4). Small ingests run in-process.", int),
     # -- model and index
     Setting("model_dir", "", "Folder of a trained model. Empty means the model bundled with medsearch."),
     Setting("model_int8", True, "Run the towers with INT8 dynamic quantization on the CPU.", bool),

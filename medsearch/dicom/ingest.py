@@ -5,7 +5,9 @@ SCP worker and pull call it).  Per series:
 
 1. **Headers** of every file are read (no pixels) to group files by series and
    reject what is not DICOM, not an accepted modality, or already stored.
-2. Each file of a new series is read in full and **de-identified**
+2. Steps 2-4 run in :mod:`medsearch.dicom.prepare` (in this process, or in worker processes for
+   large runs of ``medsearch ingest``); the database is written by this process only.
+   Each file of a new series is read in full and **de-identified**
    (:func:`medsearch.dicom.deidentify.deidentify`); nothing identifying goes
    further than this step except into the encrypted vault.
 3. The de-identified instances are **assembled** into an HU volume
@@ -29,10 +31,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import io
 import logging
+import multiprocessing
 import os
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,16 +46,24 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from tqdm import tqdm
 
 from medsearch.dicom import quarantine, vault
-from medsearch.dicom.deidentify import DeidResult, Keys, deidentify
+from medsearch.dicom.deidentify import Keys
+from medsearch.dicom.prepare import (
+    ALREADY, INGESTED, NOT_DICOM, QUARANTINED, REJECTED, UNREADABLE, FileOutcome, PreparedSeries, SeriesRecord,
+    atomic_write, prepare_series, thumb_relpath, volume_relpath,
+)
 from medsearch.dicom.profile import Options
 from medsearch.dicom.pseudonym import normalise, pseudonym
 from medsearch.dicom.reading import quiet, read_dicom
-from medsearch.dicom.render import render_thumbnail
-from medsearch.dicom.volume import HUVolume, SeriesError, load_series
+from medsearch.dicom.volume import HUVolume
 from medsearch.errors import MedsearchError
 from medsearch.store.models import Patient, Series, Study, Volume
 
 log = logging.getLogger(__name__)
+#: Below this many files an ingest runs in-process: starting worker processes would cost more than it saves.
+PARALLEL_MIN_FILES = 64
+__all__ = ["ingest_paths", "encode_pending", "IngestReport", "FileOutcome", "SeriesOutcome", "atomic_write",
+           "volume_relpath", "thumb_relpath", "ALREADY", "INGESTED", "NOT_DICOM", "QUARANTINED", "REJECTED",
+           "UNREADABLE"]
 
 #: Modalities named in reasons; any other value is reported as "an unlisted modality", because a
 #: hostile file can put anything in Modality and reasons must never echo file content.
@@ -60,19 +71,6 @@ KNOWN_MODALITIES = frozenset(
     "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER KO "
     "LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN POS PR PT PX REG RESP RF RG "
     "RTDOSE RTIMAGE RTPLAN RTRECORD RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XC".split())
-
-# File outcomes
-INGESTED, ALREADY, NOT_DICOM, REJECTED, QUARANTINED, UNREADABLE = (
-    "ingested", "already_ingested", "not_dicom", "rejected", "quarantined", "unreadable")
-
-
-@dataclass
-class FileOutcome:
-    sha256: str | None
-    outcome: str
-    reason: str | None = None
-    series: str | None = None  # series pseudonym
-
 
 @dataclass
 class SeriesOutcome:
@@ -119,22 +117,6 @@ def iter_files(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync, rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -160,14 +142,6 @@ def remove_stale_temp_files(data_dir: Path) -> int:
     return removed
 
 
-def volume_relpath(series_pseudonym: str) -> str:
-    return f"volumes/{series_pseudonym}.npy"
-
-
-def thumb_relpath(series_pseudonym: str) -> str:
-    return f"thumbs/{series_pseudonym}.png"
-
-
 def _modality_reason(modality: str, accepted: list[str]) -> str:
     named = f"Modality {modality}" if modality in KNOWN_MODALITIES else "An unlisted modality"
     return f"{named} is not accepted (ingest_modalities: {', '.join(accepted)})."
@@ -184,8 +158,9 @@ class Ingestor:
     """One ingest run over an instance (holds keys, options and the report)."""
 
     def __init__(self, inst, source: str = "cli", progress: bool = True, encode: bool = True,
-                 site: str | None = None):
+                 site: str | None = None, workers: int = 1):
         self.inst = inst
+        self.workers = workers
         self.source = source
         self.progress = progress
         self.encode = encode
@@ -224,111 +199,82 @@ class Ingestor:
             quarantine.record(session, sha, reason)
         return FileOutcome(sha, outcome, reason, series)
 
-    # -- pass 2: one series
+    # -- pass 2: series
     def _stored(self, series_key: str) -> bool:
         with self.inst.sessions() as session:
             return session.scalar(select(Volume.id).join(Series).where(Series.pseudonym == series_key)) is not None
 
-    def _deidentify_file(self, path: Path, series_key: str) -> tuple[DeidResult, str, bytes] | FileOutcome:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            return FileOutcome(None, UNREADABLE, f"The file cannot be read ({type(exc).__name__}).")
-        sha = hashlib.sha256(data).hexdigest()
-        try:
-            with quiet():
-                ds = read_dicom(io.BytesIO(data))
-                if ds is None:
-                    return FileOutcome(sha, NOT_DICOM, "Not a DICOM file; skipped.")
-                result = deidentify(ds, self.keys, self.options)
-        except quarantine.Quarantined as exc:
-            return self._quarantine_file(path, QUARANTINED, exc.message, data, series_key)
-        except Exception as exc:  # noqa: BLE001 - a malformed header is quarantined, never a crash
-            return self._quarantine_file(path, QUARANTINED,
-                                         f"The header cannot be de-identified ({type(exc).__name__}).",
-                                         data, series_key)
-        return result, sha, data
-
-    def ingest_series(self, series_key: str, paths: list[Path], bar) -> None:
-        if self._stored(series_key):
-            for p in paths:
-                self.report.files.append(FileOutcome(None, ALREADY, None, series_key))
-            self.report.series.append(SeriesOutcome(series_key, None, ALREADY, len(paths)))
-            bar.update(len(paths))
-            return
-        results: list[tuple[DeidResult, str]] = []
-        for path in paths:
-            got = self._deidentify_file(path, series_key)
-            bar.update(1)
-            if isinstance(got, FileOutcome):
-                self.report.files.append(got)
-            else:
-                results.append((got[0], got[1]))
-        if not results:
-            self.report.series.append(SeriesOutcome(series_key, None, QUARANTINED, len(paths),
-                                                    "No instance of the series could be de-identified."))
-            return
-        try:
-            vol = load_series([r.dataset for r, _ in results])
-        except SeriesError as exc:
+    def _commit(self, prepared: PreparedSeries) -> None:
+        """Record what :func:`prepare_series` did: quarantines, or the series in one transaction."""
+        key = prepared.series_key
+        quarantined = [f for f in prepared.files if f.outcome == QUARANTINED and f.sha256]
+        if quarantined:
             with self.inst.sessions() as session, session.begin():
-                for _, sha in results:
-                    quarantine.record(session, sha, exc.message)
-            for _, sha in results:
-                self.report.files.append(FileOutcome(sha, QUARANTINED, exc.message, series_key))
-            self.report.series.append(SeriesOutcome(series_key, results[0][0].study, QUARANTINED, len(paths),
-                                                    exc.message))
+                for f in quarantined:
+                    quarantine.record(session, f.sha256, f.reason)
+        self.report.files.extend(prepared.files)
+        n_files = len(prepared.files) + len(prepared.ingested_sha256)
+        rec = prepared.record
+        if rec is None:
+            self.report.series.append(SeriesOutcome(key, None, QUARANTINED, n_files, prepared.failure))
             return
-        outcome = self._store(results, vol)
-        for _, sha in results:
-            self.report.files.append(FileOutcome(sha, INGESTED if outcome != ALREADY else ALREADY, None,
-                                                 series_key))
-        self.report.series.append(SeriesOutcome(series_key, results[0][0].study, outcome, len(results)))
+        outcome = self._store(rec, prepared.ingested_sha256)
+        self.report.files.extend(FileOutcome(sha, INGESTED if outcome != ALREADY else ALREADY, None, key)
+                                 for sha in prepared.ingested_sha256)
+        self.report.series.append(SeriesOutcome(key, rec.study, outcome, len(prepared.ingested_sha256)))
 
-    def _store(self, results: list[tuple[DeidResult, str]], vol: HUVolume) -> str:
-        first = results[0][0]
-        ds = first.dataset
-        hu16 = np.clip(np.rint(vol.hu), -32768, 32767).astype(np.int16)
-        buf = io.BytesIO()
-        np.save(buf, hu16, allow_pickle=False)
-        payload = buf.getvalue()
-        data_dir = self.inst.data_dir
-        atomic_write(data_dir / volume_relpath(first.series), payload)
-        atomic_write(data_dir / thumb_relpath(first.series), render_thumbnail(hu16))
+    def _store(self, rec: SeriesRecord, shas: list[str]) -> str:
         try:
             with self.inst.sessions() as session, session.begin():
                 keys = vault.MasterKeys(self.inst)
-                patient = session.scalar(select(Patient).where(Patient.pseudonym == first.patient))
+                patient = session.scalar(select(Patient).where(Patient.pseudonym == rec.patient))
                 if patient is None:
-                    patient = Patient(pseudonym=first.patient, sex=first.sex, age_years=first.age)
+                    patient = Patient(pseudonym=rec.patient, sex=rec.sex, age_years=rec.age)
                     session.add(patient)
-                study = session.scalar(select(Study).where(Study.pseudonym == first.study))
+                study = session.scalar(select(Study).where(Study.pseudonym == rec.study))
                 if study is None:
-                    study = Study(pseudonym=first.study, patient=patient, uid=str(ds.StudyInstanceUID),
-                                  study_date=first.study_date, modality=first.modality,
-                                  body_part=first.body_part, description=first.study_description)
-                    if self.site is not None:
-                        study.site = self.site
+                    study = Study(pseudonym=rec.study, patient=patient, uid=rec.study_uid,
+                                  study_date=rec.study_date, modality=rec.modality, body_part=rec.body_part,
+                                  description=rec.study_description, site=self.site)
                     session.add(study)
-                series = Series(pseudonym=first.series, study=study, uid=str(ds.SeriesInstanceUID),
-                                modality=first.modality, body_part=first.body_part,
-                                description=first.series_description, n_instances=len(results))
+                series = Series(pseudonym=rec.series, study=study, uid=rec.series_uid, modality=rec.modality,
+                                body_part=rec.body_part, description=rec.series_description,
+                                n_instances=rec.n_instances)
                 session.add(series)
-                session.add(Volume(series=series, path=volume_relpath(first.series), shape=list(hu16.shape),
-                                   spacing=[float(s) for s in vol.spacing], affine=vol.affine.tolist(),
-                                   sha256=hashlib.sha256(payload).hexdigest(), status="stored"))
-                vault.store(session, keys, "patient", first.patient, first.originals.patient)
-                vault.store(session, keys, "study", first.study, first.originals.study)
-                vault.store(session, keys, "series", first.series, first.originals.series)
-                quarantine.release(session, [sha for _, sha in results])
+                session.add(Volume(series=series, path=volume_relpath(rec.series), shape=rec.shape,
+                                   spacing=rec.spacing, affine=rec.affine, sha256=rec.sha256, status="stored"))
+                vault.store(session, keys, "patient", rec.patient, rec.originals.patient)
+                vault.store(session, keys, "study", rec.study, rec.originals.study)
+                vault.store(session, keys, "series", rec.series, rec.originals.series)
+                quarantine.release(session, shas)
         except DBIntegrityError:
             # Another process stored the same series (or patient/study) first: the series is there.
-            if self._stored(first.series):
+            if self._stored(rec.series):
                 return ALREADY
             raise
-        if self.encode:
-            return "encoded" if self._encode(first.series, vol) else "stored"
+        if self.encode and self.encoder() is not None:
+            with self.inst.sessions() as session:
+                row = session.scalar(select(Volume).join(Series).where(Series.pseudonym == rec.series))
+                vol = load_stored_volume(self.inst, row)
+            return "encoded" if encode_volume(self.inst, self.encoder(), rec.series, vol) else "stored"
         return "stored"
+
+    def _skip_stored(self, groups: dict[str, list[Path]]) -> dict[str, list[Path]]:
+        todo = {}
+        for key, paths in groups.items():
+            if self._stored(key):
+                self.report.files.extend(FileOutcome(None, ALREADY, None, key) for _ in paths)
+                self.report.series.append(SeriesOutcome(key, None, ALREADY, len(paths)))
+            else:
+                todo[key] = paths
+        return todo
+
+    def _workers(self, groups: dict[str, list[Path]]) -> int:
+        """Worker processes for this run: in-process for small runs (process start-up would dominate)."""
+        n_files = sum(len(v) for v in groups.values())
+        if self.workers <= 1 or len(groups) < 2 or n_files < PARALLEL_MIN_FILES:
+            return 1
+        return min(self.workers, len(groups))
 
     # -- encoding through the model interface
     def encoder(self):
@@ -336,12 +282,6 @@ class Ingestor:
             self._encoder_checked = True
             self._encoder, self.report.encoding = load_encoder(self.inst)
         return self._encoder
-
-    def _encode(self, series_key: str, vol: HUVolume) -> bool:
-        encoder = self.encoder()
-        if encoder is None:
-            return False
-        return encode_volume(self.inst, encoder, series_key, vol)
 
     def run(self, paths: Iterable[str | Path]) -> IngestReport:
         remove_stale_temp_files(self.inst.data_dir)
@@ -355,10 +295,23 @@ class Ingestor:
                     self.report.files.append(got)
                 else:
                     groups[got.series_key].append(got.path)
-        total = sum(len(v) for v in groups.values())
-        with tqdm(total=total, desc="ingest", unit="file", disable=not self.progress) as bar:
-            for key in sorted(groups):
-                self.ingest_series(key, groups[key], bar)
+        groups = self._skip_stored(groups)
+        workers = self._workers(groups)
+        jobs = [(key, groups[key], self.keys, self.options, self.inst.data_dir) for key in sorted(groups)]
+        with tqdm(total=sum(len(v) for v in groups.values()), desc="ingest", unit="file",
+                  disable=not self.progress) as bar:
+            if workers == 1:
+                for job in jobs:
+                    self._commit(prepare_series(*job))
+                    bar.update(len(job[1]))
+            else:
+                # Series are prepared in parallel; the database is written by this process only.
+                ctx = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                    futures = {pool.submit(prepare_series, *job): job for job in jobs}
+                    for future in as_completed(futures):
+                        self._commit(future.result())
+                        bar.update(len(futures[future][1]))
         from medsearch.audit.events import IngestEvent
 
         self.inst.track(IngestEvent(actor=self.source, source=self.source, counts=self.report.counts()))
@@ -366,8 +319,13 @@ class Ingestor:
         return self.report
 
 
+def default_workers(inst) -> int:
+    """Worker processes per setting ``ingest_workers`` (0: one per core, at most 4)."""
+    return inst.settings.ingest_workers or min(4, os.cpu_count() or 1)
+
+
 def ingest_paths(inst, paths: Iterable[str | Path], source: str = "cli", progress: bool = False,
-                 encode: bool = True, site: str | None = None) -> IngestReport:
+                 encode: bool = True, site: str | None = None, workers: int = 1) -> IngestReport:
     """De-identify, assemble and store the DICOM series found under ``paths``.
 
     Args:
@@ -377,11 +335,14 @@ def ingest_paths(inst, paths: Iterable[str | Path], source: str = "cli", progres
         progress: show tqdm progress bars.
         encode: encode new volumes when a model is installed.
         site: the hospital site of the studies (Study.site), when the caller knows it.
+        workers: processes that prepare series in parallel (``spawn`` start method, so the calling
+            program's main module must be import-safe: ``if __name__ == "__main__":``).  1 (the default,
+            used by the web and PACS paths) prepares in this process.
 
     Returns:
         The per-file and per-series outcomes with their counts.
     """
-    return Ingestor(inst, source=source, progress=progress, encode=encode, site=site).run(paths)
+    return Ingestor(inst, source=source, progress=progress, encode=encode, site=site, workers=workers).run(paths)
 
 
 # --------------------------------------------------------------------------- encoding

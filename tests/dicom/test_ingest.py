@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -107,7 +108,8 @@ KILLER = textwrap.dedent("""
     import sys, time
     from medsearch.instance import Instance
     import medsearch.dicom.ingest as ingest
-    real = ingest.atomic_write
+    import medsearch.dicom.prepare as prepare
+    real = prepare.atomic_write
     calls = []
     def slow_write(path, data):
         real(path, data)
@@ -115,7 +117,7 @@ KILLER = textwrap.dedent("""
         if len(calls) == 4:  # second series: volume and thumbnail written, database not committed
             print("READY", flush=True)
             time.sleep(60)
-    ingest.atomic_write = slow_write
+    prepare.atomic_write = slow_write
     ingest.ingest_paths(Instance(sys.argv[1]), [sys.argv[2]], encode=False)
 """)
 
@@ -183,3 +185,21 @@ def test_cli_deid_and_ingest(sqlite_instance, make_series, tmp_path):
     assert result.exit_code == 2 and "--encode-pending" in result.output
     result = CliRunner().invoke(cli, ["--home", home, "deid", str(tmp_path / "in"), str(tmp_path / "in" / "x")])
     assert result.exit_code == 7 and "inside the source" in result.output
+
+
+def test_parallel_ingest_equals_in_process(make_series, tmp_path):
+    from medsearch.instance import Instance
+
+    for i in range(2):
+        make_series(34, folder=tmp_path / "in" / f"s{i}", patient_id=f"MRN{i}")
+    stored = {}
+    for workers in (1, 2):
+        inst = Instance.create(tmp_path / f"home{workers}")
+        if workers == 2:  # both homes share the pseudonym key, so pseudonyms can be compared
+            shutil.copy(tmp_path / "home1" / "keys" / "pseudonym.key", inst.keys_dir / "pseudonym.key")
+        report = ingest_paths(inst, [tmp_path / "in"], encode=False, workers=workers)
+        assert report.counts() == {"files": {"ingested": 68}, "series": {"stored": 2}}
+        with inst.sessions() as session:
+            stored[workers] = sorted((s.pseudonym, s.volume.sha256) for s in session.scalars(select(Series)))
+        inst.close()
+    assert stored[1] == stored[2]

@@ -20,10 +20,10 @@ def test_auto_choice_follows_size_and_memory(n, budget_mb, kind):
 
 
 def test_pq_uses_the_budget_it_has():
-    small = choose_spec(1_000_000, 256, "auto", memory_budget_mb=60)
+    small = choose_spec(1_000_000, 256, "auto", memory_budget_mb=20)
     large = choose_spec(1_000_000, 256, "auto", memory_budget_mb=150)
     assert small.kind == large.kind == "ivfpq"
-    assert small.pq_m < large.pq_m <= 128 and 256 % small.pq_m == 0
+    assert small.pq_m < large.pq_m == 16 and 256 % small.pq_m == 0  # sub-vectors of >= 16 dims
     assert estimate_bytes(large, 1_000_000) <= 150 * 1024 * 1024
 
 
