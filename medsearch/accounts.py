@@ -206,15 +206,15 @@ def authenticate(inst, name: str, password: str, remote_addr: str = "") -> Princ
     principal = None
     with inst.sessions() as s, s.begin():
         user = s.execute(select(User).where(User.name == actor)).scalar_one_or_none() if actor else None
-        if user is None:
+        blocked = user is None or user.disabled or bool(user.locked_until and _aware(user.locked_until) > now)
+        if blocked:
+            # The same argon2 cost as a real check: timing must not tell unknown, locked or disabled apart.
             try:
                 _hasher.verify(_dummy_hash(), password or "")
             except (VerificationError, InvalidHashError):
                 pass
-        elif user.locked_until and _aware(user.locked_until) > now:
-            reason = "locked"
-        elif user.disabled:
-            reason = "disabled"
+            if user is not None:
+                reason = "disabled" if user.disabled else "locked"
         else:
             try:
                 _hasher.verify(user.password_hash, password or "")
