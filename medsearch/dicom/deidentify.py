@@ -25,6 +25,7 @@ from pydicom.uid import (
 )
 
 from medsearch import __version__
+from medsearch.dicom.descriptors import clean_text
 from medsearch.dicom.profile import Context, Options, apply_profile
 from medsearch.dicom.pseudonym import date_shift_days, normalise, patient_key, pseudonym
 from medsearch.dicom.quarantine import Quarantined
@@ -201,7 +202,9 @@ def deidentify(ds: Dataset, keys: Keys, options: Options) -> DeidResult:
         sex=sex if options.retain_patient_characteristics and sex in ("M", "F", "O") else None,
         age=age_db if options.retain_patient_characteristics else None,
         modality=str(ds.get("Modality", "") or "").strip().upper(),
-        body_part=(str(ds.get("BodyPartExamined", "") or "").strip().upper() or None),
+        # BodyPartExamined is not in Table E.1-1 (it is kept in the DICOM output), but a hostile or careless
+        # sender can put text there: the database only gets its vocabulary words.
+        body_part=clean_text(str(ds.get("BodyPartExamined", "") or ""))[:32] or None,
         study_description=str(ds.get("StudyDescription", "") or "") or None,
         series_description=str(ds.get("SeriesDescription", "") or "") or None,
     )

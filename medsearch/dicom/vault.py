@@ -181,5 +181,20 @@ def reveal(inst, owner_kind: str, owner_pseudonym: str, fields, actor: str, reas
         values = {rec.field: _decrypt(keys, rec) for rec in records}
     # Audit before anything is returned: a failure to record stops the reveal.
     inst.track(ReidentifyEvent(actor=actor, reason=reason, owner_kind=owner_kind, owner=owner_pseudonym,
-                               fields=sorted(values)))
+                               fields=sorted(values), patient=_patient_of(inst, owner_kind, owner_pseudonym)))
     return values
+
+
+def _patient_of(inst, owner_kind: str, owner_pseudonym: str) -> str:
+    """The patient pseudonym behind an owner, so a compliance review can group reveals by patient."""
+    from medsearch.store.models import Patient, Series, Study
+
+    if owner_kind == "patient":
+        return owner_pseudonym
+    query = select(Patient.pseudonym).join(Study)
+    if owner_kind == "study":
+        query = query.where(Study.pseudonym == owner_pseudonym)
+    else:
+        query = query.join(Series).where(Series.pseudonym == owner_pseudonym)
+    with inst.sessions() as session:
+        return session.scalar(query) or ""

@@ -62,6 +62,23 @@ def test_ingest_stores_once_and_is_idempotent(instance, make_series, tmp_path):
     assert arr[0, 0, 0] == -1024 and arr[1, 0, 0] == -1014  # slice order along the normal, HU
 
 
+def test_reveal_after_ingest_names_the_patient_in_the_audit(sqlite_instance, make_series, tmp_path):
+    from medsearch.dicom.vault import reveal
+    from medsearch.store.models import AuditEvent
+
+    make_series(3, folder=tmp_path / "in", accession="ACC-4242", patient_id="MRN-77")
+    ingest_paths(sqlite_instance, [tmp_path / "in"], encode=False)
+    with sqlite_instance.sessions() as session:
+        study = session.scalars(select(Study)).one()
+        study_pseudonym, patient_pseudonym = study.pseudonym, study.patient.pseudonym
+    got = reveal(sqlite_instance, "study", study_pseudonym, ["AccessionNumber", "StudyDate"], "bob", "tumour board")
+    assert got == {"AccessionNumber": "ACC-4242", "StudyDate": "20240102"}
+    assert reveal(sqlite_instance, "patient", patient_pseudonym, ["PatientID"], "bob", "x") == {"PatientID": "MRN-77"}
+    with sqlite_instance.sessions() as session:
+        event = session.scalars(select(AuditEvent).where(AuditEvent.event_type == "reidentify")).first()
+    assert patient_pseudonym in event.payload and "ACC-4242" not in event.payload
+
+
 def test_second_study_of_a_patient_shares_patient_and_date_shift(sqlite_instance, make_series, tmp_path):
     make_series(3, folder=tmp_path / "s1", study_date="20240102")
     make_series(3, folder=tmp_path / "s2", study_date="20240301", patient_id="MRN0001 ")
