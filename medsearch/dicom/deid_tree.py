@@ -19,7 +19,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medsearch.dicom.deidentify import Keys, deidentify
-from medsearch.dicom.ingest import NOT_DICOM, QUARANTINED, UNREADABLE, FileOutcome, atomic_write, iter_files
+from medsearch.dicom.ingest import iter_files
+from medsearch.dicom.prepare import NOT_DICOM, QUARANTINED, UNREADABLE, FileOutcome, atomic_write
 from medsearch.dicom.profile import Options
 from medsearch.dicom.quarantine import Quarantined
 from medsearch.dicom.reading import quiet, read_dicom

@@ -4,21 +4,18 @@
 SCP worker and pull call it).  Per series:
 
 1. **Headers** of every file are read (no pixels) to group files by series and
-   reject what is not DICOM, not an accepted modality, or already stored.
-2. Steps 2-4 run in :mod:`medsearch.dicom.prepare` (in this process, or in worker processes for
-   large runs of ``medsearch ingest``); the database is written by this process only.
-   Each file of a new series is read in full and **de-identified**
-   (:func:`medsearch.dicom.deidentify.deidentify`); nothing identifying goes
-   further than this step except into the encrypted vault.
-3. The de-identified instances are **assembled** into an HU volume
-   (:func:`medsearch.dicom.volume.load_series`).
-4. The volume (int16 ``.npy``) and its thumbnail are written to temporary files
-   and **renamed** into place; then one **database transaction** creates the
-   patient/study/series/volume rows and the vault records.  A kill before the
-   commit leaves at most a file with no row, which the rerun overwrites; a kill
-   after it leaves a complete series.  A series is stored once: its pseudonym
-   is unique, so a second ingest (or a concurrent one) finds it and skips it.
-5. If a model is installed, the volume is **encoded** and added to the index;
+   reject what is not DICOM, not an accepted modality, a localizer, or already stored.
+2. :func:`medsearch.dicom.prepare.prepare_series` reads each file of a new series in full and
+   **de-identifies** it (:func:`medsearch.dicom.deidentify.deidentify`; nothing identifying goes
+   further than this step except into the encrypted vault), **assembles** the HU volume
+   (:func:`medsearch.dicom.volume.load_series`) and writes the volume (int16 ``.npy``) and its
+   thumbnail to temporary files that are **renamed** into place.  It runs in this process, or in
+   worker processes for large runs of ``medsearch ingest`` (setting ``ingest_workers``).
+3. This process then writes **one database transaction** per series: the patient, study, series
+   and volume rows and the vault records.  A kill before the commit leaves at most a file with
+   no row, which the rerun overwrites; a kill after it leaves a complete series.  A series is
+   stored once: its pseudonym is unique, so a second ingest (or a concurrent one) skips it.
+4. If a model is installed, the volume is **encoded** and added to the index;
    otherwise it stays ``stored`` until :func:`encode_pending` runs.
 
 Anything not ingested gets an outcome with a reason, and a quarantine row when
@@ -35,8 +32,8 @@ import logging
 import multiprocessing
 import os
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +62,13 @@ __all__ = ["ingest_paths", "encode_pending", "IngestReport", "FileOutcome", "Ser
            "volume_relpath", "thumb_relpath", "ALREADY", "INGESTED", "NOT_DICOM", "QUARANTINED", "REJECTED",
            "UNREADABLE"]
 
-#: Modalities named in reasons; any other value is reported as "an unlisted modality", because a
+#: Modalities named in reasons; any other value is reported as "An unlisted modality", because a
 #: hostile file can put anything in Modality and reasons must never echo file content.
 KNOWN_MODALITIES = frozenset(
     "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER KO "
     "LEN LS MG MR M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN POS PR PT PX REG RESP RF RG "
     "RTDOSE RTIMAGE RTPLAN RTRECORD RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XC".split())
+
 
 @dataclass
 class SeriesOutcome:
