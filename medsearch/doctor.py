@@ -85,8 +85,15 @@ def check_terminology(inst: Instance) -> Check:
     return health.doctor_check(inst, Check)
 
 
+def check_vault(inst: Instance) -> Check:
+    """Vault records are readable with the keys at hand; no key rotation is left half done."""
+    from medsearch.dicom import vault
+
+    return vault.doctor_check(inst, Check)
+
+
 CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model, check_ingest_queue,
-                                             check_terminology]
+                                             check_terminology, check_vault]
 
 
 def counts(inst: Instance) -> dict[str, int]:
@@ -112,7 +119,7 @@ def counts(inst: Instance) -> dict[str, int]:
 
 
 #: Checks that read tables; they are skipped while the database check fails.
-NEEDS_DATABASE = {"check_index", "check_ingest_queue"}
+NEEDS_DATABASE = {"check_index", "check_ingest_queue", "check_vault"}
 
 
 def run_doctor(inst: Instance) -> dict:

@@ -198,3 +198,30 @@ def _patient_of(inst, owner_kind: str, owner_pseudonym: str) -> str:
         query = query.join(Series).where(Series.pseudonym == owner_pseudonym)
     with inst.sessions() as session:
         return session.scalar(query) or ""
+
+
+def doctor_check(inst, Check):
+    """Every vault record names a master key this instance holds; a rotation in progress is reported.
+
+    Decrypts nothing (so it needs no reason and leaves no audit event): it compares key ids only.
+    """
+    from sqlalchemy import func
+
+    try:
+        keys = MasterKeys(inst)
+    except KeyringError as exc:
+        return Check("vault", "fail", exc.problem, exc.fix or "")
+    with inst.sessions() as session:
+        by_key = dict(session.execute(select(VaultRecord.key_id, func.count()).group_by(VaultRecord.key_id)).all())
+    unknown = {k: n for k, n in by_key.items() if k not in keys.by_id}
+    if unknown:
+        return Check("vault", "fail",
+                     f"{sum(unknown.values())} vault record(s) are encrypted under master key id(s) "
+                     f"{', '.join(sorted(unknown))}, which this instance does not hold",
+                     "Restore the master key from your backup (keys/master.key or MEDSEARCH_MASTER_KEY).")
+    total = sum(by_key.values())
+    if keys.next is not None:
+        pending = sum(n for k, n in by_key.items() if k != key_id(keys.next))
+        return Check("vault", "fail", f"a master key rotation is in progress: {pending} of {total} record(s) "
+                                      "still under the old key", "Run 'medsearch keys rotate' to finish it.")
+    return Check("vault", "ok", f"{total} record(s) under master key {key_id(keys.current)}")

@@ -150,3 +150,19 @@ def test_rotation_reseals_the_encrypted_index(sqlite_instance):
     assert report.complete and report.index_files == 1
     fresh = Instance(inst.home)
     assert bytes(unseal(sealed, fresh.keyring.master_key())) == b"index payload"
+
+
+def test_doctor_reports_vault_state(sqlite_instance):
+    from medsearch.doctor import Check
+
+    inst = sqlite_instance
+    _fill(inst, 2)
+    assert vault.doctor_check(inst, Check).status == "ok"
+    rotate_mod.rotate(inst, limit=1, progress=False)
+    check = vault.doctor_check(Instance(inst.home), Check)
+    assert check.status == "fail" and "rotation is in progress: 5 of 6" in check.detail
+    assert "keys rotate" in check.fix
+    rotate_mod.rotate(Instance(inst.home), progress=False)
+    wrong = base64.b64encode(secrets.token_bytes(32)).decode()
+    check = vault.doctor_check(Instance(inst.home, env={"MEDSEARCH_MASTER_KEY": wrong}), Check)
+    assert check.status == "fail" and "6 vault record(s)" in check.detail and "Restore the master key" in check.fix
