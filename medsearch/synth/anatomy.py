@@ -167,7 +167,10 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
             e = ((X - c[0]) / bx) ** 2 + ((Y - front) / by_) ** 2 + ((Z - c[2]) / bz) ** 2
             breast = (e < 1) & (Y < f.by)
             body = body | breast
-            paint(breast, 25.0, TISSUES["soft tissue"])
+            paint(breast, 25.0, TISSUES["soft tissue"])           # skin
+            inner = (((X - c[0]) / (bx - 2)) ** 2 + ((Y - front) / (by_ - 2)) ** 2
+                     + ((Z - c[2]) / (bz - 2)) ** 2 < 1) & (Y < f.by)
+            paint(inner, -100.0, TISSUES["fat"])                  # mostly fat ...
     paint(body, 25.0, TISSUES["soft tissue"])
     fat_in = _superellipse(X, Y, 0, f.by, f.a - 2, f.b - 2, 2.2) < 1
     paint(body & fat_in, -105.0, TISSUES["fat"])
@@ -176,7 +179,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
             gx = side * anat.body_a * 0.42
             e = ((X - gx) / (30 * anat.breast)) ** 2 + ((Y - (f.by - f.b * 0.92)) / (14 * anat.breast)) ** 2 \
                 + ((Z + 0.6 * L) / (30 * anat.breast)) ** 2
-            paint(body & (e < 1), 30.0, TISSUES["soft tissue"])
+            paint(body & (e < 1), 30.0, TISSUES["soft tissue"])    # ... around fibroglandular tissue
     muscle_in = _superellipse(X, Y, 0, f.by + anat.fat * 0.1, f.a - 2 - anat.fat * 0.8,
                               f.b - 2 - anat.fat * 0.7, 2.2) < 1
     paint(body & muscle_in, 48.0, TISSUES["soft tissue"])
@@ -297,7 +300,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
 
     y_tr = y_vb - R - 24
     z_car = -0.36 * L
-    r_min = max(0.4, 0.28 * px)
+    r_min = max(0.25, 0.2 * px)
     y_t0 = float(np.asarray(y_tr).ravel()[-1])
     y_tr_car = float(np.interp(z_car, grid.axes()[2], np.asarray(y_tr).ravel()))
     hila = {"right": np.array([-44.0, y_tr_car + 18, z_car - 22]), "left": np.array([44.0, y_tr_car + 22, z_car - 30])}
@@ -311,7 +314,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
         pick = trng.choice(len(kk), size=min(len(kk), 500), replace=False)
         targets = np.stack([xs_[ii[pick] * 2], ys_[jj[pick] * 2], zs_[kk[pick]]], 1).astype(np.float32)
         for d in dirs:
-            skel = grow_tree(trng, h, d, 4.5, inside, r_min, hilum=h, max_segments=500, targets=targets)
+            skel = grow_tree(trng, h, d, 4.5, inside, r_min, hilum=h, max_segments=900, targets=targets)
             off = np.cross(np.asarray(d, float), [0, 0, 1.0]) if abs(d[2]) < 0.9 else np.array([1.0, 0, 0])
             off = (off / np.linalg.norm(off)).astype(np.float32)
             arteries = arteries.concat(skel.shifted(off, 0.9))
@@ -319,7 +322,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
         vh = h + np.array([0.0, 12.0, -0.2 * L])
         for d in ((np.sign(h[0]) * 0.7, 0.2, 0.6), (np.sign(h[0]) * 0.8, -0.4, -0.4),
                   (np.sign(h[0]) * 0.4, 0.6, -0.8)):
-            veins = veins.concat(grow_tree(trng, vh, d, 4.0, inside, r_min, hilum=vh, max_segments=400,
+            veins = veins.concat(grow_tree(trng, vh, d, 4.0, inside, r_min, hilum=vh, max_segments=700,
                                            targets=targets))
     vessel = rasterize(arteries.concat(veins), grid)
     vessel *= lungf

@@ -147,13 +147,17 @@ def make_patient(rng: np.random.Generator, sex: str, age_at_first: int, first_da
 
 def make_study_identity(rng: np.random.Generator, date: dt.date) -> StudyIdentity:
     inst, addr = _INSTITUTIONS[int(rng.integers(len(_INSTITUTIONS)))]
+    chinese_site = not inst.isascii()
+    # Staff names follow the hospital's locale; patients come from anywhere.
+    staff = (lambda: make_person(rng, "chinese")) if chinese_site else \
+        (lambda: make_person(rng, str(rng.choice(["latin", "latin1"], p=[0.6, 0.4]))))
     t = dt.time(int(rng.integers(7, 20)), int(rng.integers(60)), int(rng.integers(60)))
     return StudyIdentity(
         study_date=date, study_time=t, accession=f"A{int(rng.integers(10**8, 10**9))}",
         study_id=str(int(rng.integers(1000, 99999))), institution=inst, institution_address=addr,
-        department=str(rng.choice(["Radiology", "Diagnostic Imaging", "放射科"])),
-        referring=make_person(rng), performing=make_person(rng), reading=make_person(rng),
-        operator=make_person(rng), station=f"CT{int(rng.integers(1, 9))}-{str(rng.choice(['EAST', 'WEST', 'ER', 'OPD']))}",
+        department="放射科" if chinese_site else str(rng.choice(["Radiology", "Diagnostic Imaging"])),
+        referring=staff(), performing=staff(), reading=staff(), operator=staff(),
+        station=f"CT{int(rng.integers(1, 9))}-{str(rng.choice(['EAST', 'WEST', 'ER', 'OPD']))}",
         device_serial=f"{int(rng.integers(10**4, 10**6))}", uid_key=int(rng.integers(10**9, 10**10)))
 
 

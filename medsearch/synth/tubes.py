@@ -65,7 +65,7 @@ def _samples(seg: Segments, h: float) -> tuple[np.ndarray, np.ndarray]:
     length = np.linalg.norm(seg.p1 - seg.p0, axis=1)
     rmin = np.minimum(seg.r0, seg.r1)
     # Spheres of radius r every 0.35 r leave a ripple below r/60: invisible, and much cheaper.
-    step = np.maximum(np.maximum(0.5 * np.minimum(rmin, h), 0.35 * rmin), 0.15)
+    step = np.maximum(np.maximum(0.5 * np.minimum(rmin, h), 0.35 * rmin), 0.3 * h)
     n = np.ceil(length / step).astype(np.int64) + 1
     owner = np.repeat(np.arange(len(seg)), n)
     start = np.cumsum(n) - n
@@ -135,7 +135,7 @@ def rasterize_layers(seg: Segments, grid: Grid, layers, outs=None) -> list[np.nd
             d = np.sqrt(d2)
             for (sc, ad), flat in zip(layers, flats):
                 r = (base_r[s] * sc + ad)[:, None, None, None]
-                cap = np.minimum(1.0, 2.0 * r / h) ** 1.5
+                cap = np.minimum(1.0, 2.0 * r / h)
                 c = np.minimum(np.clip((r + h / 2 - d) / h, 0.0, None), cap)
                 ok = valid & (c > 0)
                 np.maximum.at(flat, idx[ok], c[ok])
@@ -164,7 +164,7 @@ def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, 
         p, d, r, depth = stack.pop()
         if r < r_min or depth > 16:
             continue
-        length = r * rng.uniform(5.0, 9.0)
+        length = r * rng.uniform(6.0, 11.0) + 3.0   # small branches still travel to the pleura
         end = None
         for attempt in range(6):
             if attempt in (2, 4):  # blocked by the pleura: turn rather than stop
@@ -177,9 +177,9 @@ def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, 
             length *= 0.6
         if end is None:
             continue
-        r_end = r * 0.93
+        r_end = r * 0.95
         segs.append((p, end, r, r_end))
-        f1 = rng.uniform(0.76, 0.9)
+        f1 = rng.uniform(0.8, 0.92)
         f2 = (1.0 - f1 ** 3) ** (1.0 / 3.0)
         axis = _unit(_cross(d, tuple(rng.normal(size=3))))
         outward = _unit(_add(end, hil, -1.0))

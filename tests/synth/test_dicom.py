@@ -10,7 +10,6 @@ import pytest
 
 from medsearch.synth.acquisition import EXPLICIT_LE, IMPLICIT_LE, J2K_LOSSLESS, RLE
 from medsearch.synth.dicom_writer import CT_IMAGE, ENHANCED_CT, SECONDARY_CAPTURE, write_study
-from medsearch.synth.study import generate_study
 
 
 def _files(root: Path):
@@ -65,8 +64,8 @@ def _decode(folder: Path) -> tuple[np.ndarray, list[float]]:
 
 @pytest.mark.parametrize("ts,multiframe", [(EXPLICIT_LE, False), (IMPLICIT_LE, False), (RLE, False),
                                            (J2K_LOSSLESS, False), (EXPLICIT_LE, True), (RLE, True)])
-def test_dicom_pixels_equal_the_in_memory_volume(tmp_path, ts, multiframe):
-    study = generate_study(2, 0, 128)
+def test_dicom_pixels_equal_the_in_memory_volume(tmp_path, one_study, ts, multiframe):
+    study = one_study
     study.acquisition.transfer_syntax = ts
     study.acquisition.multiframe = multiframe
     records = write_study(study, tmp_path / "ST00000", 2)
@@ -92,10 +91,14 @@ def test_headers_carry_synthetic_phi_everywhere(archive):
     assert seen_private and seen_charset
 
 
-def test_burned_in_secondary_capture(tmp_path):
-    study = generate_study(2, 0, 128)
-    study.series.append(type(study.series[0])("secondary_capture", 99, study.series[0].uid + ".99", "Key image"))
-    records = write_study(study, tmp_path / "ST", 2)
+def test_burned_in_secondary_capture(tmp_path, one_study):
+    study = one_study
+    sc_info = type(study.series[0])("secondary_capture", 99, study.series[0].uid + ".99", "Key image")
+    study.series.append(sc_info)
+    try:
+        records = write_study(study, tmp_path / "ST", 2)
+    finally:
+        study.series.remove(sc_info)
     sc = next(r for r in records if r["role"] == "secondary_capture")
     ds = pydicom.dcmread(_files(tmp_path / "ST" / sc["path"])[0])
     assert ds.BurnedInAnnotation == "YES" and ds.SOPClassUID == SECONDARY_CAPTURE
@@ -127,3 +130,35 @@ def test_same_seed_same_bytes_different_seed_different_studies(tmp_path):
 def test_previews_written(archive):
     pngs = sorted((archive / "preview").rglob("*.png"))
     assert len(pngs) >= 4 * 3
+
+
+def test_volume_assembly_reads_every_series(archive):
+    """The project's volume loader assembles every CT series of the archive, and the main
+    series equals what the labels' slice indices refer to."""
+    from medsearch.dicom.volume import load_series
+
+    rows = [json.loads(line) for line in (archive / "labels.jsonl").read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        for s in row["series"]:
+            if s["role"] in ("axial", "mediastinal"):
+                vol = load_series(_files(archive / s["path"]))
+                assert vol.modality == "CT"
+                if s["role"] == "axial":
+                    assert vol.shape[0] == row["n_slices"]
+                    assert np.allclose(vol.spacing, row["spacing_mm"], atol=1e-3)
+                    for f in row["findings"]:
+                        # the centre (patient mm) maps to the key slice through the loader's affine
+                        ijk = np.linalg.solve(vol.affine, np.array(f["center_mm"] + [1.0]))[:3]
+                        assert abs(ijk[2] - f["key_slice"]) <= 0.5 + 1e-6
+
+
+@pytest.mark.parametrize("ts,multiframe", [(RLE, True), (J2K_LOSSLESS, False), (IMPLICIT_LE, False)])
+def test_volume_assembly_matches_in_memory(tmp_path, one_study, ts, multiframe):
+    from medsearch.dicom.volume import load_series
+
+    study = one_study
+    study.acquisition.transfer_syntax, study.acquisition.multiframe = ts, multiframe
+    rec = next(r for r in write_study(study, tmp_path / "ST", 2) if r["role"] == "axial")
+    vol = load_series(_files(tmp_path / "ST" / rec["path"]))
+    np.testing.assert_array_equal(vol.hu, study.hu)
+    np.testing.assert_allclose(vol.affine, study.affine, atol=1e-3)
