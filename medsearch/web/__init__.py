@@ -9,6 +9,7 @@ that imports Flask.
 from __future__ import annotations
 
 import datetime as dt
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from medsearch.web import api, ratelimit
 
     app = Flask(__name__, instance_relative_config=False)
+    app.request_class = _InMemoryUploads
     app.config.from_mapping(MEDSEARCH_HOME=None, MEDSEARCH_INSTANCE=None, MAX_CONTENT_LENGTH=2 * 1024**3,
                             JSON_SORT_KEYS=False)
     if test_config:
@@ -70,3 +72,19 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 STATIC_DIR = Path(__file__).parent / "static"
+
+
+def _request_class():
+    from flask import Request
+
+    class InMemoryUploads(Request):
+        """Uploaded files stay in memory: werkzeug would spool large ones to a temporary file, and an
+        uploaded series holds identifiable data that must never touch the disk."""
+
+        def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
+            return io.BytesIO()
+
+    return InMemoryUploads
+
+
+_InMemoryUploads = _request_class()

@@ -23,6 +23,7 @@ READ = ("radiologist", "admin", "pacs")
 REVEAL = ("pacs", "admin")
 REVIEW = ("compliance", "admin")
 OPS = ("admin", "pacs")
+MAX_UPLOAD = 512 * 2**20  # one series, held in memory only
 MAX_OFFSET = 100  # offset + limit stays within the pipeline's k bound (200)
 
 
@@ -131,6 +132,19 @@ def similar(series: str):
     offset, limit = _page_args(request.args, 10, MAX_K)
     result = catalog.run_query(get_instance(), None, offset + limit, filters, g.principal, similar_to=series)
     return _search_response(result, offset, limit, "api.similar", {"series": series, **filters})
+
+
+@bp.route("/similar", methods=["POST"])
+@roles(*READ)
+def similar_upload():
+    """"More like this" from an uploaded series (multipart/related; type=application/dicom), never stored."""
+    from medsearch.web.dicomweb import boundary, parts_in_memory
+
+    files = parts_in_memory(boundary(), MAX_UPLOAD)
+    filters = parse_filters(request.args)
+    offset, limit = _page_args(request.args, 10, MAX_K)
+    result = catalog.run_query(get_instance(), None, offset + limit, filters, g.principal, upload=files)
+    return _search_response(result, offset, limit, "api.similar_upload", filters)
 
 
 @bp.route("/studies/<study>/reidentify", methods=["POST"])

@@ -158,24 +158,9 @@ def run_search(inst, text: str, k: int, filters: dict, principal: Principal) -> 
 
 
 def run_similar(inst, series: str, k: int, filters: dict, principal: Principal) -> dict:
-    """"More like this".  The pipeline's ``similar`` takes no filters; they are applied here."""
     check_pseudonym(series, "series")
     fn = capability("medsearch.search", "similar", "query by example (issue 7)")
-    out = fn(inst, series, k=k, user=principal)
-    if filters:
-        out = dict(out, results=[r for r in out.get("results", []) if _passes(r, filters)])
-    return out
-
-
-def _passes(result: dict, filters: dict) -> bool:
-    if "modality" in filters and (result.get("modality") or "").upper() != filters["modality"]:
-        return False
-    if "body_part" in filters and (result.get("body_part") or "").upper() != filters["body_part"]:
-        return False
-    date = result.get("study_date")
-    if "date_from" in filters and (not date or date < filters["date_from"]):
-        return False
-    return not ("date_to" in filters and (not date or date > filters["date_to"]))
+    return fn(inst, series, k=k, user=principal, filters=filters)
 
 
 def parse_query(text: str) -> dict | None:
@@ -220,13 +205,17 @@ def ingest_status(inst) -> dict:
 
 
 def run_query(inst, text: str | None, k: int, filters: dict, principal: Principal,
-              similar_to: str | None = None) -> dict:
-    """A text search, or "more like this" from a series.
+              similar_to: str | None = None, upload: list[bytes] | None = None) -> dict:
+    """A text search, "more like this" from a series, or from an uploaded series.
 
     The pipeline records the SearchEvent itself (query, filters, count, study
-    pseudonyms), so nothing is tracked here.
+    pseudonyms), so nothing is tracked here.  An upload is de-identified in
+    memory by the pipeline and never stored.
     """
     try:
+        if upload is not None:
+            fn = capability("medsearch.search", "similar_to_upload", "query by example (issue 7)")
+            return fn(inst, upload, k=k, user=principal, filters=filters)
         if similar_to:
             return run_similar(inst, similar_to, k, filters, principal)
         return run_search(inst, text, k, filters, principal)

@@ -55,7 +55,7 @@ class UnsupportedMediaType(MedsearchError):
     code = "unsupported_media_type"
 
 
-def _boundary() -> bytes:
+def boundary() -> bytes:
     mime = request.mimetype
     params = request.mimetype_params
     if mime != "multipart/related":
@@ -65,10 +65,10 @@ def _boundary() -> bytes:
     if part_type != "application/dicom":
         raise UnsupportedMediaType("Only the part type application/dicom is supported.",
                                    'Send Content-Type: multipart/related; type="application/dicom"; boundary=...')
-    boundary = params.get("boundary")
-    if not boundary or len(boundary) > 200:
+    value = params.get("boundary")
+    if not value or len(value) > 200:
         raise InputError("The multipart boundary is missing.", "Add boundary=... to the Content-Type header.")
-    return boundary.encode("latin-1")
+    return value.encode("latin-1")
 
 
 def _spool_body(dest: Path) -> Path:
@@ -82,38 +82,62 @@ def _spool_body(dest: Path) -> Path:
     return body
 
 
+def part_spans(buf, boundary: bytes) -> list[tuple[int, int, str]]:
+    """(start, end, content type) of each part's payload in ``buf`` (bytes or an mmap)."""
+    delim = b"--" + boundary
+    spans: list[tuple[int, int, str]] = []
+    if len(buf) == 0:
+        raise InputError("The request body is empty.", "Send at least one DICOM part.")
+    pos = buf.find(delim)
+    if pos < 0:
+        raise InputError("The body has no part with the declared boundary.", "Check the multipart encoding.")
+    while True:
+        pos += len(delim)
+        if buf[pos:pos + 2] == b"--":
+            break  # closing delimiter
+        head_end = buf.find(b"\r\n\r\n", pos)
+        nxt = buf.find(b"\r\n" + delim, pos)
+        if head_end < 0 or nxt < 0 or head_end > nxt:
+            raise InputError("A multipart part is malformed.", "Check the multipart encoding (CRLF line ends).")
+        ctype = ""
+        for line in bytes(buf[pos:head_end]).decode("latin-1").strip().split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-type":
+                ctype = value.split(";")[0].strip().lower()
+        spans.append((head_end + 4, nxt, ctype))
+        pos = nxt + 2
+    if not spans:
+        raise InputError("The body has no parts.", "Send at least one DICOM part.")
+    return spans
+
+
 def split_parts(body: Path, boundary: bytes, out_dir: Path) -> list[tuple[Path, str]]:
     """Write each part's payload to ``out_dir``; return (path, content type) per part."""
-    delim = b"--" + boundary
+    if body.stat().st_size == 0:
+        raise InputError("The request body is empty.", "Send at least one DICOM part.")
     parts: list[tuple[Path, str]] = []
-    with body.open("rb") as fh:
-        if body.stat().st_size == 0:
-            raise InputError("The request body is empty.", "Send at least one DICOM part.")
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            pos = mm.find(delim)
-            if pos < 0:
-                raise InputError("The body has no part with the declared boundary.", "Check the multipart encoding.")
-            while True:
-                pos += len(delim)
-                if mm[pos:pos + 2] == b"--":
-                    break  # closing delimiter
-                head_end = mm.find(b"\r\n\r\n", pos)
-                nxt = mm.find(b"\r\n" + delim, pos)
-                if head_end < 0 or nxt < 0 or head_end > nxt:
-                    raise InputError("A multipart part is malformed.", "Check the multipart encoding (CRLF line ends).")
-                headers = mm[pos:head_end].decode("latin-1").strip().split("\r\n")
-                ctype = ""
-                for line in headers:
-                    name, _, value = line.partition(":")
-                    if name.strip().lower() == "content-type":
-                        ctype = value.split(";")[0].strip().lower()
-                path = out_dir / f"part{len(parts):05d}.dcm"
-                path.write_bytes(mm[head_end + 4:nxt])
-                parts.append((path, ctype))
-                pos = nxt + 2
-    if not parts:
-        raise InputError("The body has no parts.", "Send at least one DICOM part.")
+    with body.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        for start, end, ctype in part_spans(mm, boundary):
+            path = out_dir / f"part{len(parts):05d}.dcm"
+            path.write_bytes(mm[start:end])
+            parts.append((path, ctype))
     return parts
+
+
+def parts_in_memory(boundary: bytes, max_bytes: int) -> list[bytes]:
+    """The DICOM parts of this request, read into memory only (for uploads that must never be stored)."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise InputError(f"The upload is larger than {max_bytes // 2**20} MiB.", "Send one series at a time.")
+    data = request.stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InputError(f"The upload is larger than {max_bytes // 2**20} MiB.", "Send one series at a time.")
+    out = []
+    for start, end, ctype in part_spans(data, boundary):
+        if ctype not in ("application/dicom", ""):
+            raise UnsupportedMediaType(f"A part has the type '{ctype[:40]}'.", "Send only application/dicom parts.")
+        out.append(data[start:end])
+    return out
 
 
 def _uids(path: Path) -> tuple[str, str] | None:
@@ -164,13 +188,13 @@ def file_outcomes(report, paths: list[Path]) -> dict[Path, bool]:
 @bp.route("/studies", methods=["POST"])
 @roles("pacs", "admin")
 def stow():
-    boundary = _boundary()
+    bnd = boundary()
     ingest_paths = capability("medsearch.dicom.ingest", "ingest_paths", "ingest (issue 4)")
     inst = get_instance()
     spool = inst.spool_dir / "stow" / secrets.token_hex(8)
     spool.mkdir(parents=True, mode=0o700)
     try:
-        parts = split_parts(_spool_body(spool), boundary, spool)
+        parts = split_parts(_spool_body(spool), bnd, spool)
         (spool / "body").unlink()
         referenced, failed, to_ingest = [], [], []
         for path, ctype in parts:

@@ -38,6 +38,9 @@ MESSAGES: dict[str, dict[str, str]] = {
         "all_types": "all types", "skip": "Skip to content", "total_n": "{n} total", "took": "ms", "why_col": "Reason",
         "counts": "Counts", "studies_viewed": "Studies viewed", "failures": "Failures", "views": "views",
         "probability": "probability", "none": "none",
+        "upload_similar": "More like a DICOM series from disk", "upload_help": "The files are de-identified in "
+        "memory and never stored.", "upload": "Find similar", "uploaded_series": "the uploaded series",
+        "dicom_files": "DICOM files of one series",
     },
     "zh": {
         "app": "medsearch", "tagline": "CT 影像检索", "search": "检索", "search_placeholder":
@@ -64,6 +67,8 @@ MESSAGES: dict[str, dict[str, str]] = {
         "all_types": "全部类型", "skip": "跳到正文", "total_n": "共 {n} 条", "took": "毫秒", "why_col": "理由",
         "counts": "计数", "studies_viewed": "查看的检查", "failures": "失败次数", "views": "次",
         "probability": "概率", "none": "无",
+        "upload_similar": "以本地 DICOM 序列查找相似检查", "upload_help": "文件仅在内存中去标识化，不会被保存。",
+        "upload": "查找相似", "uploaded_series": "上传的序列", "dicom_files": "同一序列的 DICOM 文件",
     },
 }
 

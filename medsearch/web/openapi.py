@@ -103,6 +103,11 @@ def spec() -> dict:
             "/api/v1/series/{series}/similar": {"get": _op("Studies similar to a series", READ,
                                                            _json("Results", ref),
                                                            [_p("series", "path"), *PAGE, *FILTERS])},
+            "/api/v1/similar": {"post": {**_op(
+                "Studies like an uploaded series (de-identified in memory, never stored)", READ,
+                _json("Results", ref), [*PAGE, *FILTERS]),
+                "requestBody": {"required": True, "content": {'multipart/related; type="application/dicom"': {
+                    "schema": {"type": "string", "format": "binary"}}}}}},
             "/api/v1/studies/{study}/reidentify": {"post": _op(
                 "Reveal the original StudyInstanceUID and accession number (audited)", ["pacs", "admin"],
                 _json("Identifiers", {"$ref": "#/components/schemas/Reidentified"}), [_p("study", "path")],

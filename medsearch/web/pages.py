@@ -56,6 +56,35 @@ def index():
     return render_template("index.html", **ctx)
 
 
+MAX_UPLOAD = 512 * 2**20
+
+
+@bp.route("/similar", methods=["POST"])
+@roles(*CLINICAL)
+def similar_upload():
+    """"More like this" from a DICOM series chosen in the browser: de-identified in memory, never stored."""
+    inst = get_instance()
+    files = request.files.getlist("series")
+    ctx = {"q": "", "similar": "upload", "filters": {}, "result": None, "chips": [], "shapes": {}, "error": None,
+           "vocab": {"findings": FINDING_TYPES, "sites": SITES, "densities": DENSITIES}, "modalities": MODALITIES,
+           "k": 20}
+    try:
+        data = [f.read(MAX_UPLOAD + 1) for f in files if f.filename]
+        if not data:
+            raise InputError("No file was chosen.", "Choose the DICOM files of one series.")
+        if sum(len(d) for d in data) > MAX_UPLOAD:
+            raise InputError(f"The upload is larger than {MAX_UPLOAD // 2**20} MiB.", "Choose one series.")
+        result = catalog.run_query(inst, None, 20, {}, g.principal, upload=data)
+    except MedsearchError as exc:
+        if exc.http_status >= 500 and exc.http_status != 503:
+            raise
+        ctx["error"] = exc
+        return render_template("index.html", **ctx), exc.http_status
+    ctx["result"] = result
+    ctx["shapes"] = catalog.series_shapes(inst, [r["series"] for r in result.get("results", []) if r.get("series")])
+    return render_template("index.html", **ctx)
+
+
 def _int(value, default):
     try:
         return int(value)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +25,7 @@ RESTRICTED_PATIENT = "pavip000000000000"
 RESTRICTED_STUDY = "stvip000000000000"
 RESTRICTED_SERIES = "sevip000000000000"
 DEPTH, SIZE = 24, 64
+WORLD_SEED = 7_301  # its three studies hold nodules in the right and left upper lobes
 #: The "original" StudyInstanceUID kept in the vault (what break-glass reveals).
 ORIGINAL_UID_PREFIX = "1.2.840.99999.1."
 
@@ -158,3 +163,61 @@ def _cheap_password_hashing():
     accounts._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     yield
     accounts._hasher = saved
+
+
+class _Viewer(BaseHTTPRequestHandler):
+    """Stands in for the hospital's PACS web viewer, which 'Open in PACS' redirects to."""
+
+    opened: list[str] = []
+
+    def do_GET(self):  # noqa: N802 - http.server's naming
+        _Viewer.opened.append(self.path)
+        body = b"<!doctype html><title>PACS viewer</title><h1>PACS viewer</h1>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="session")
+def viewer():
+    """A stand-in PACS web viewer: .url, and .opened (the paths it was asked for)."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Viewer)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield SimpleNamespace(url=f"http://127.0.0.1:{srv.server_port}", opened=_Viewer.opened)
+    srv.shutdown()
+    srv.server_close()
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, viewer):
+    """A real world: a synthetic archive (3 studies) ingested through de-identification, the encoder
+    (the real network, seeded and untrained) and the index.  .inst, .labels, .archive."""
+    import torch
+
+    from medsearch import accounts
+    from medsearch.dicom.ingest import ingest_paths
+    from medsearch.instance import Instance
+    from medsearch.models.dual import DualEncoder
+    from medsearch.models.train import save_model
+    from medsearch.synth.archive import generate_archive
+
+    root = tmp_path_factory.mktemp("browser")
+    generate_archive(root / "archive", 3, WORLD_SEED, progress=False, workers=1)
+    torch.manual_seed(WORLD_SEED)
+    save_model(DualEncoder(), root / "model", {"note": "untrained, for the browser flow"})
+    inst = Instance.create(root / "home", env={}, settings={
+        "model_dir": str(root / "model"), "model_int8": False,
+        "viewer_url_template": viewer.url + "/viewer?StudyInstanceUID={study_uid}&acc={accession}"})
+    report = ingest_paths(inst, [root / "archive" / "dicom"])
+    assert report.encoding is None, report.summary()
+    for role in ("radiologist", "compliance"):
+        accounts.add_user(inst, role, PASSWORD, role, actor="test")
+    labels = [json.loads(line) for line in (root / "archive" / "labels.jsonl").read_text().splitlines()]
+    yield SimpleNamespace(inst=inst, labels=labels, archive=root / "archive")
+    inst.close()

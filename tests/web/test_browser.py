@@ -11,9 +11,7 @@ Chinese, then switching to English) see that event.  Screenshots go to test-arti
 
 from __future__ import annotations
 
-import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -26,7 +24,6 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]
 PASSWORD = "correct-horse-battery"
-SEED = 7_301  # its three studies hold nodules in the right and left upper lobes
 QUERY_EN = "nodule in the right upper lobe"
 QUERY_ZH = "左肺上叶结节"
 REASON = "Compare with prior CT for tumour board"
@@ -36,64 +33,9 @@ IMAGES_LOADED = """() => { const imgs = [...document.querySelectorAll('.card img
   return imgs.length > 0 && imgs.every(i => i.getAttribute('src') && i.complete && i.naturalWidth > 0); }"""
 
 
-class _Viewer(BaseHTTPRequestHandler):
-    """Stands in for the hospital's PACS web viewer, which 'Open in PACS' redirects to."""
-
-    opened: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - http.server's naming
-        _Viewer.opened.append(self.path)
-        body = b"<!doctype html><title>PACS viewer</title><h1>PACS viewer</h1>"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def viewer():
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Viewer)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
-    srv.server_close()
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, viewer):
-    import torch
-
-    from medsearch import accounts
-    from medsearch.dicom.ingest import ingest_paths
-    from medsearch.instance import Instance
-    from medsearch.models.dual import DualEncoder
-    from medsearch.models.train import save_model
-    from medsearch.synth.archive import generate_archive
-
-    root = tmp_path_factory.mktemp("browser")
-    generate_archive(root / "archive", 3, SEED, progress=False, workers=1)
-    torch.manual_seed(SEED)
-    save_model(DualEncoder(), root / "model", {"note": "untrained, for the browser flow"})
-    inst = Instance.create(root / "home", env={}, settings={
-        "model_dir": str(root / "model"), "model_int8": False,
-        "viewer_url_template": viewer + "/viewer?StudyInstanceUID={study_uid}&acc={accession}"})
-    report = ingest_paths(inst, [root / "archive" / "dicom"])
-    assert report.encoding is None, report.summary()
-    for role in ("radiologist", "compliance"):
-        accounts.add_user(inst, role, PASSWORD, role, actor="test")
-    labels = [json.loads(line) for line in (root / "archive" / "labels.jsonl").read_text().splitlines()]
-    yield inst, labels
-    inst.close()
-
-
 @pytest.fixture(scope="module")
 def live(world):
-    server, _scheme = make_server(world[0], "127.0.0.1", 0)
+    server, _scheme = make_server(world.inst, "127.0.0.1", 0)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.port}"
@@ -144,7 +86,7 @@ def _search(page, text):
 
 
 def test_radiologist_flow(browser, live, viewer, world):
-    inst, labels = world
+    labels = world.labels
     ctx = browser.new_context(locale="en-US", viewport={"width": 1280, "height": 1000})
     ctx.set_default_timeout(20_000)
     page = ctx.new_page()
@@ -206,15 +148,15 @@ def test_radiologist_flow(browser, live, viewer, world):
     page.keyboard.type(REASON)
     _shot(page, "06-break-glass")
     page.locator("#breakglass-go").focus()
-    with page.expect_navigation(url=viewer + "/**"):
+    with page.expect_navigation(url=viewer.url + "/**"):
         page.keyboard.press("Enter")
     expect(page.locator("h1")).to_have_text("PACS viewer")
-    opened = [p for p in _Viewer.opened if p.startswith("/viewer?")][-1]
+    opened = [p for p in viewer.opened if p.startswith("/viewer?")][-1]
     originals = {(label["study_uid"], label["accession_number"]) for label in labels}
     uid = opened.split("StudyInstanceUID=")[1].split("&")[0]
     accession = opened.split("acc=")[1]
     assert (uid, accession) in originals, "the viewer must get the study's original identifiers"
-    assert [u for u in external if not u.startswith(viewer)] == [], "the page loaded something from outside"
+    assert [u for u in external if not u.startswith(viewer.url)] == [], "the page loaded something from outside"
     ctx.close()
 
 
