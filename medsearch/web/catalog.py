@@ -158,7 +158,8 @@ def run_search(inst, text: str, k: int, filters: dict, principal: Principal) -> 
 
 
 def run_similar(inst, series: str, k: int, filters: dict, principal: Principal) -> dict:
-    check_pseudonym(series, "series")
+    # The source series obeys the same rules as a direct look-up: a hidden one does not exist.
+    series_detail(inst, series, principal)
     fn = capability("medsearch.search", "similar", "query by example (issue 7)")
     return fn(inst, series, k=k, user=principal, filters=filters)
 

@@ -170,3 +170,8 @@ def test_metrics_prometheus_format(client, tokens):
     assert 'medsearch_http_request_duration_seconds_bucket{method="GET",route="/healthz",le="+Inf"}' in text
     assert "medsearch_studies " in text and 'medsearch_ingest_jobs{status="queued"}' in text
     assert STUDY not in text  # routes are labelled by rule, never by pseudonym
+
+
+def test_more_like_a_hidden_series_is_404(client, tokens):
+    resp = client.get(f"/api/v1/series/{VIP_SERIES}/similar", headers=_bearer(tokens["radiologist"]))
+    assert resp.status_code == 404

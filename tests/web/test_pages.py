@@ -167,3 +167,16 @@ def test_pages_in_chinese(client, login):
     login(client, "radiologist")
     html = client.get("/", headers={"Accept-Language": "zh-CN"}).get_data(as_text=True)
     assert "检索" in html and "左肺下叶" in html and 'lang="zh-CN"' in html
+
+
+def test_hostile_input_is_escaped_everywhere(client, login, canned, web_inst):
+    from medsearch.audit.events import LoginEvent
+
+    login(client, "radiologist")
+    html = client.get("/?q=<script>alert(1)</script>").get_data(as_text=True)
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    web_inst.track(LoginEvent(actor='<img src=x onerror="alert(1)">', outcome="failure",
+                              remote_addr="</td><script>alert(2)</script>"))
+    login(client, "compliance")
+    html = client.get("/audit").get_data(as_text=True)
+    assert "<img src=x" not in html and "<script>alert(2)" not in html
