@@ -139,6 +139,19 @@ def track_config_change(inst) -> list[str]:
     return changed if previous is not None else []
 
 
+def _interrupt(_signum, _frame):
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> None:
+    """systemd and docker stop with SIGTERM: stop as on Ctrl-C, so the stop is recorded."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def serve(inst, host: str | None = None, port: int | None = None, echo=print) -> None:
     host = host or inst.settings.web_host
     port = inst.settings.web_port if port is None else port
@@ -153,6 +166,7 @@ def serve(inst, host: str | None = None, port: int | None = None, echo=print) ->
                           detail={"scheme": scheme, "port": server.port,
                                   "settings": settings_fingerprint(inst.settings)}))
     echo(f"medsearch serving on {scheme}://{host}:{server.port} (Ctrl-C to stop)")
+    _stop_on_sigterm()
     try:
         server.run()
     except KeyboardInterrupt:

@@ -88,3 +88,44 @@ def test_config_changes_between_starts_are_audited(home):
     assert last["payload"]["action"] == "config.change" and "secret-pacs" not in _json.dumps(last)
     inst.close()
     changed.close()
+
+
+def test_cli_serve_runs_and_stops_cleanly_on_sigterm(home):
+    """`medsearch serve` as systemd runs it: answers, then SIGTERM stops it with app.stop audited."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from medsearch.audit.review import query_events
+
+    inst = Instance.create(home, env={})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MEDSEARCH_")}
+    proc = subprocess.Popen([sys.executable, "-m", "medsearch.cli", "--home", str(home), "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2, headers=CLOSE).ok
+                break
+            except requests.exceptions.ConnectionError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+                time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+        output = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert f"serving on http://127.0.0.1:{port}" in output
+    actions = [e["payload"]["action"] for e in query_events(inst, limit=10)[0] if e["event_type"] == "admin"]
+    assert actions[:2] == ["app.stop", "app.start"]
+    inst.close()
