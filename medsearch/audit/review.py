@@ -38,14 +38,20 @@ class EventFilter:
                              "Copy the pseudonym from a search result or an audit entry.")
 
 
-def parse_time(value: str | None, name: str) -> dt.datetime | None:
-    """``YYYY-MM-DD`` or ISO 8601 (naive means UTC)."""
+def parse_time(value: str | None, name: str, end: bool = False) -> dt.datetime | None:
+    """``YYYY-MM-DD`` or ISO 8601 (naive means UTC).
+
+    With ``end``, a bare date means the end of that day (an "until" date includes the day itself).
+    """
     if not value:
         return None
+    text = value.strip()
     try:
-        parsed = dt.datetime.fromisoformat(value.strip())
+        parsed = dt.datetime.fromisoformat(text)
     except ValueError:
         raise InputError(f"'{name}' is not a date or time.", "Use YYYY-MM-DD or YYYY-MM-DDTHH:MM.") from None
+    if end and len(text) == 10:
+        parsed += dt.timedelta(days=1)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
 
 

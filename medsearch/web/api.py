@@ -166,7 +166,7 @@ def ingest_status():
 def audit_events():
     args = request.args
     flt = EventFilter(actor=args.get("user") or None, event_type=args.get("type") or None,
-                      since=parse_time(args.get("since"), "since"), until=parse_time(args.get("until"), "until"),
+                      since=parse_time(args.get("since"), "since"), until=parse_time(args.get("until"), "until", end=True),
                       patient=args.get("patient") or None)
     offset, limit = _page_args(args, 100, 1000, 10**9)
     items, total = query_events(get_instance(), flt, limit=limit, offset=offset)

@@ -138,7 +138,7 @@ def _filter_from(args) -> EventFilter:
     return EventFilter(actor=(args.get("user") or "").strip() or None,
                        event_type=(args.get("type") or "").strip() or None,
                        since=parse_time(args.get("since"), "since"),
-                       until=parse_time(args.get("until"), "until"),
+                       until=parse_time(args.get("until"), "until", end=True),
                        patient=(args.get("patient") or "").strip() or None)
 
 

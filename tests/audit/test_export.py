@@ -131,3 +131,16 @@ def test_patient_filter_and_access_report(filled):
     assert report["counts"] == {"login": 2, "search": 1, "study_view": 1, "reidentify": 1}
     assert report["studies_viewed"] == [{"study": "stAAA", "views": 1}]
     assert report["reidentifications"][0]["reason"] == "tumour board"
+
+
+def test_until_a_date_includes_that_day(filled):
+    import datetime as dt
+
+    from medsearch.audit.review import parse_time
+
+    today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+    _, total = query_events(filled, EventFilter(since=parse_time(today, "since"),
+                                                until=parse_time(today, "until", end=True)))
+    assert total == len(EVENTS)
+    with pytest.raises(InputError, match="not a date"):
+        parse_time("26/11/2026", "until")
