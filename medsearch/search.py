@@ -45,14 +45,14 @@ import numpy as np
 from medsearch import search_match, search_rules
 from medsearch.audit.events import SearchEvent
 from medsearch.errors import InputError, NotFoundError
-from medsearch.search_cache import cache_for, cache_key
+from medsearch.search_cache import cache_for, cache_key, rows_for
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 4000
 MAX_K = 200
 #: Candidates (after rules and attribute matching) that the cross-attention model rescores.
-RERANK_DEPTH = 100
+RERANK_DEPTH = 64
 
 
 # --------------------------------------------------------------------------- components
@@ -100,6 +100,20 @@ def reranker_for(inst) -> _Reranker | None:
             found = _Reranker(model, TextTokens(minilm=getattr(_encoder(inst), "minilm", None)), keep)
         _rerankers[key] = found
         return found
+
+
+def _threads(inst) -> None:
+    """Query-time inference threads (setting ``search_threads``).
+
+    The text tower and the reranker multiply small matrices; splitting them over threads costs more in
+    hand-offs than it saves, and badly so on a busy machine, so one thread per query is fastest.  The
+    server runs queries in parallel on its own threads instead.  torch's setting is process-wide.
+    """
+    import torch
+
+    want = int(inst.settings.search_threads)
+    if want > 0 and torch.get_num_threads() != want:
+        torch.set_num_threads(want)
 
 
 def _encoder(inst):
@@ -160,7 +174,30 @@ class _Cand:
     score: float = 0.0
 
 
-def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand]) -> None:
+def _text_features(inst, canonical: str, want_tokens: bool):
+    """(sentence vector, token states, mask) of the canonical phrase.
+
+    With the registry's encoder, MiniLM runs once: its token states feed the reranker and their masked mean
+    is the sentence vector that the text projection maps into the shared space (as ``encode_text`` does).
+    """
+    import torch
+
+    enc = _encoder(inst)
+    minilm, model = getattr(enc, "minilm", None), getattr(enc, "model", None)
+    if not want_tokens or minilm is None or model is None:
+        return enc.encode_text(canonical), None, None
+    with torch.inference_mode():
+        tok = minilm.tokenizer([canonical], padding=True, truncation=True, max_length=minilm.max_length,
+                               return_tensors="pt")
+        hidden = minilm.bert(**tok).last_hidden_state
+        mask = tok["attention_mask"]
+        w = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * w).sum(1) / w.sum(1).clamp(min=1e-6)
+        vector = model.encode_text(pooled)[0].float().numpy()
+    return vector, hidden, mask.bool()
+
+
+def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand], tokens=None) -> None:
     """Region component and heatmap of each candidate from the cross-attention model."""
     import torch
 
@@ -170,7 +207,7 @@ def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand]) -> None:
     recs = [(c, r) for c, r in recs if r is not None]
     if not recs:
         return
-    tok, mask = rr.tokens([canonical])
+    tok, mask = tokens if tokens is not None and tokens[0] is not None else rr.tokens([canonical])
     by_shape: dict[tuple, list] = {}
     for c, r in recs:
         by_shape.setdefault(r.spatial.shape, []).append((c, r))
@@ -191,11 +228,12 @@ def _score(cands: list[_Cand], w: dict[str, float]) -> None:
         c.score = (w["global"] * c.global_ + w["attributes"] * c.match.score + wr * region) / total
 
 
-def _key_slice(inst, c: _Cand) -> tuple[int | None, list[int] | None]:
+def _key_slice(inst, c: _Cand, located: dict) -> tuple[int | None, list[int] | None]:
     """Key slice and region: from the best-matching predicted finding, else the heatmap, else the middle slice."""
     for best in c.match.best:
-        if best is not None and best.get("key_slice") is not None:
-            return int(best["key_slice"]), best.get("bbox")
+        if best is not None and best.get("id") in located:
+            key, bbox = located[best["id"]]
+            return int(key), bbox
     shape = c.row.get("shape") or None
     if c.heat is not None:
         from medsearch.models.localize import localize
@@ -222,9 +260,12 @@ def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float]) -> tuple[l
     for c in sorted(cands, key=lambda c: (-c.score, c.vector_id)):
         best.setdefault(c.row["study"], c)
     top = list(best.values())[:k]
+    with inst.sessions() as s:
+        located = search_rules.finding_locations(
+            s, [b["id"] for c in top for b in c.match.best if b is not None and "id" in b])
     results = []
     for c in top:
-        key, region = _key_slice(inst, c)
+        key, region = _key_slice(inst, c, located)
         date = c.row.get("study_date")
         results.append({
             "study": c.row["study"], "series": c.row["series"], "score": round(float(c.score), 6),
@@ -246,7 +287,14 @@ def _candidates(inst, index, vector, filters, restricted, sites, n, exclude_stud
         ids, sims = ids[0], sims[0]
         keep = ids >= 0
         ids, sims = ids[keep], sims[keep]
-        rows = search_rules.candidate_rows(s, ids)
+        # rows are cached per index generation: repeated candidates cost no database round trip
+        generation = (id(index), getattr(index, "generation", None))
+        row_cache = rows_for(inst)
+        rows, missing = row_cache.lookup(ids.tolist(), generation)
+        if missing:
+            fetched = search_rules.candidate_rows(s, missing)
+            row_cache.store(fetched, generation)
+            rows.update(fetched)
     out = []
     for vid, sim in zip(ids.tolist(), sims.tolist()):
         row = rows.get(vid)
@@ -258,15 +306,17 @@ def _candidates(inst, index, vector, filters, restricted, sites, n, exclude_stud
 
 
 def _rank(inst, parsed: dict, canonical: str | None, vector, k: int, filters: dict, user,
-          exclude_study: str | None = None, use_reranker: bool = True) -> tuple[list[dict], int, dict]:
+          exclude_study: str | None = None, use_reranker: bool = True, tokens=None) -> tuple[list[dict], int, dict]:
     index = _index(inst)
     restricted = frozenset(inst.settings.restricted_patients)
     sites = search_rules.user_sites(user)
     n = max(int(inst.settings.search_candidates), 4 * k)
+    _threads(inst)
     raw, _rows = _candidates(inst, index, vector, filters, restricted, sites, n, exclude_study)
     cands = []
+    prepared = search_match.prepare(parsed)
     for vid, sim, row in raw:
-        m = search_match.match(parsed, row["findings"])
+        m = search_match.match(prepared, row["findings"])
         if not m.excluded:
             cands.append(_Cand(vid, sim, row, m))
     globals_ = _minmax(np.asarray([c.similarity for c in cands], dtype=np.float64))
@@ -279,7 +329,7 @@ def _rank(inst, parsed: dict, canonical: str | None, vector, k: int, filters: di
     if rr is not None and cands:
         cands.sort(key=lambda c: (-c.score, c.vector_id))
         head = cands[:max(RERANK_DEPTH, 3 * k)]
-        _rerank(inst, rr, canonical, head)
+        _rerank(inst, rr, canonical, head, tokens)
         _score(head, w)
         # the reranked head stays above the tail: the tail was not rescored
         floor = min(c.score for c in head) if head else 0.0
@@ -323,8 +373,10 @@ def search(inst, text: str, k: int = 10, filters: dict | None = None, user=None)
         parsed = _parse(text)
         pd = parsed.to_dict()
         canonical = getattr(parsed, "canonical", None) or pd.get("canonical") or text
-        vector = _encoder(inst).encode_text(canonical)
-        results, total, w = _rank(inst, pd, canonical, vector, k, filters, user)
+        _threads(inst)
+        rr = reranker_for(inst)
+        vector, tok, mask = _text_features(inst, canonical, want_tokens=rr is not None and rr.helps(pd))
+        results, total, w = _rank(inst, pd, canonical, vector, k, filters, user, tokens=(tok, mask))
         out = {"query": pd, "results": results, "total": total, "weights": w}
         cache.put(key, out, generation)
         out["cached"] = False

@@ -99,8 +99,60 @@ def cache_for(inst) -> TTLCache:
 
 
 def invalidate(inst) -> None:
-    """Drop every cached answer of ``inst`` (call after a change the index generation does not show)."""
+    """Drop every cached answer and row of ``inst`` (after a change the index generation does not show)."""
     with _caches_lock:
         cache = _caches.get(str(inst.home))
+        rows = _row_caches.get(str(inst.home))
     if cache is not None:
         cache.clear()
+    if rows is not None:
+        rows.lookup([], object())  # a new generation empties it
+
+
+class RowCache:
+    """Candidate rows (metadata and predicted findings) by vector id, stamped with the index generation.
+
+    A row changes only when its series is re-encoded, erased or re-ingested, and each of those changes the
+    index, so the generation stamp keeps the cache exact; it is cleared as soon as the index moves on.
+    Rows hold pseudonyms and predicted attributes only, in process memory.
+
+    Args:
+        size: most rows kept (oldest dropped first).
+    """
+
+    def __init__(self, size: int = 200_000):
+        self.size = size
+        self._rows: OrderedDict[int, dict] = OrderedDict()
+        self._generation: object = None
+        self._lock = threading.Lock()
+
+    def lookup(self, ids, generation) -> tuple[dict[int, dict], list[int]]:
+        """(cached rows, ids still to fetch) — the rows are shared: callers must not modify them."""
+        with self._lock:
+            if generation != self._generation:
+                self._rows.clear()
+                self._generation = generation
+            found, missing = {}, []
+            for i in ids:
+                row = self._rows.get(i)
+                if row is None:
+                    missing.append(i)
+                else:
+                    found[i] = row
+            return found, missing
+
+    def store(self, rows: dict[int, dict], generation) -> None:
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._rows.update(rows)
+            while len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+
+
+_row_caches: dict[str, RowCache] = {}
+
+
+def rows_for(inst) -> RowCache:
+    with _caches_lock:
+        return _row_caches.setdefault(str(inst.home), RowCache())

@@ -214,9 +214,14 @@ def match_finding(qf: dict, preds: list[dict]) -> tuple[float, dict | None, dict
     return best_score, best, best_attrs
 
 
-def match(parsed: dict, preds: list[dict]) -> Match:
-    """Match a parse (``ParsedQuery.to_dict()``) against one series' predicted findings."""
-    pos, neg = query_findings(parsed)
+def prepare(parsed: dict) -> tuple[list[dict], list[dict]]:
+    """The flattened (positive, negated) findings of a parse, computed once for many series."""
+    return query_findings(parsed)
+
+
+def match(parsed: dict | tuple, preds: list[dict]) -> Match:
+    """Match a parse (``ParsedQuery.to_dict()``, or :func:`prepare` of it) against one series' predicted findings."""
+    pos, neg = parsed if isinstance(parsed, tuple) else query_findings(parsed)
     m = Match()
     for qf in neg:
         hit = any(_concept_ok(qf["concept"], p) and float(p.get("probability", 1.0)) >= NEGATION_THRESHOLD

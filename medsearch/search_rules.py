@@ -78,12 +78,19 @@ def _joined(stmt):
             .join(Patient, Patient.id == Study.patient_id))
 
 
+#: Predicted findings below this probability are not fetched: they can neither match nor exclude.
+MIN_FINDING_PROBABILITY = 0.3
+
+
 def candidate_rows(session, vector_ids) -> dict[int, dict]:
     """Metadata and predicted findings of the series behind ``vector_ids``.
 
+    Findings come without ``key_slice``/``bbox`` (JSON decoding of thousands of boxes per query was the
+    slowest step); :func:`finding_locations` fetches them for the few results shown.
+
     Returns:
         {vector_id: {"series", "study", "patient", "study_date", "modality", "body_part", "site",
-        "shape", "findings": [finding dicts]}}; ids with no row (a stale index entry) are absent.
+        "shape", "findings": [finding dicts with "id"]}}; ids with no row (a stale index entry) are absent.
     """
     ids = [int(i) for i in vector_ids if int(i) >= 0]
     rows: dict[int, dict] = {}
@@ -102,14 +109,24 @@ def candidate_rows(session, vector_ids) -> dict[int, dict]:
     vids = list(by_volume)
     for start in range(0, len(vids), 900):
         chunk = vids[start:start + 900]
-        stmt = select(Finding.volume_id, Finding.finding_type, Finding.site, Finding.laterality, Finding.density,
-                      Finding.size_mm, Finding.probability, Finding.key_slice, Finding.bbox
-                      ).where(Finding.volume_id.in_(chunk))
-        for vol_id, ftype, site, lat, dens, size, prob, ks, bbox in session.execute(stmt):
+        stmt = select(Finding.id, Finding.volume_id, Finding.finding_type, Finding.site, Finding.laterality,
+                      Finding.density, Finding.size_mm, Finding.probability
+                      ).where(Finding.volume_id.in_(chunk), Finding.probability >= MIN_FINDING_PROBABILITY)
+        for fid, vol_id, ftype, site, lat, dens, size, prob in session.execute(stmt):
             by_volume[vol_id]["findings"].append(
-                {"finding_type": ftype, "site": site, "laterality": lat, "density": dens, "size_mm": size,
-                 "probability": prob, "key_slice": ks, "bbox": bbox})
+                {"id": fid, "finding_type": ftype, "site": site, "laterality": lat, "density": dens,
+                 "size_mm": size, "probability": prob})
     return rows
+
+
+def finding_locations(session, finding_ids) -> dict[int, tuple]:
+    """{finding id: (key_slice, bbox)} of the findings that have a predicted location."""
+    ids = [int(i) for i in finding_ids]
+    if not ids:
+        return {}
+    stmt = select(Finding.id, Finding.key_slice, Finding.bbox).where(Finding.id.in_(ids),
+                                                                     Finding.key_slice.is_not(None))
+    return {fid: (ks, bbox) for fid, ks, bbox in session.execute(stmt)}
 
 
 # --------------------------------------------------------------------------- rules on rows

@@ -83,6 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("search_candidates", 1000, "Candidates taken from the ANN index before reranking.", int),
     Setting("search_cache_size", 256, "Entries in the hot-query cache.", int),
     Setting("search_cache_ttl_seconds", 300, "Lifetime of a hot-query cache entry.", int),
+    Setting("search_threads", 1, "torch threads for query-time inference (text tower, reranker); 0 leaves "
+            "torch's default. One is fastest per query; the server runs queries in parallel.", int),
     Setting("restricted_patients", [], "Patient pseudonyms restricted by policy (VIP, staff); their studies "
             "never appear in search results.", list),
     # -- web
