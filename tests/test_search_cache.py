@@ -75,3 +75,19 @@ def test_cache_for_follows_settings(sqlite_instance):
     assert c.size == sqlite_instance.settings.search_cache_size
     assert c.ttl == sqlite_instance.settings.search_cache_ttl_seconds
     assert cache_for(sqlite_instance) is c
+
+
+def test_row_cache_is_exact_per_generation():
+    from medsearch.search_cache import RowCache
+
+    rc = RowCache(size=2)
+    found, missing = rc.lookup([1, 2], generation=1)
+    assert found == {} and missing == [1, 2]
+    rc.store({1: {"series": "a"}, 2: {"series": "b"}}, generation=1)
+    found, missing = rc.lookup([1, 2, 3], generation=1)
+    assert set(found) == {1, 2} and missing == [3]
+    rc.store({3: {"series": "c"}}, generation=1)  # size 2: the oldest row goes
+    assert rc.lookup([1], generation=1)[1] == [1]
+    rc.store({9: {"series": "z"}}, generation=0)  # a stale writer's rows are not kept
+    assert rc.lookup([9], generation=1)[1] == [9]
+    assert rc.lookup([3], generation=2) == ({}, [3])  # the index moved on: everything is fetched again
