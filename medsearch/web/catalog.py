@@ -43,14 +43,15 @@ def check_pseudonym(value: str, what: str = "study") -> str:
     return value
 
 
-def _hidden(inst, study: Study, principal: Principal) -> bool:
+def _hidden(inst, study: Study, principal: Principal, patient: str | None = None) -> bool:
     """The search pipeline's business rules, applied to a direct look-up too.
 
     A restricted patient's study (VIP, staff) and a study from a hospital site
     outside the user's ``allowed_sites`` do not exist for that user (an admin
     sees restricted patients; the site rule binds everyone it is set for).
     """
-    if study.patient.pseudonym in (inst.settings.restricted_patients or []) and principal.role != "admin":
+    patient = patient if patient is not None else study.patient.pseudonym
+    if patient in (inst.settings.restricted_patients or []) and principal.role != "admin":
         return True
     sites = principal.allowed_sites
     return sites is not None and getattr(study, "site", None) not in sites
@@ -133,22 +134,36 @@ def _volume_path(inst, series: str) -> Path:
     return path
 
 
+def check_series_access(inst, series: str, principal: Principal) -> str:
+    """The series pseudonym when it exists for this principal (one light query: images are asked for often)."""
+    from medsearch.store.models import Patient
+
+    check_pseudonym(series, "series")
+    with inst.sessions() as s:
+        row = s.execute(select(Series.pseudonym, Patient.pseudonym, Study).join(Study, Study.id == Series.study_id)
+                        .join(Patient, Patient.id == Study.patient_id)
+                        .where(Series.pseudonym == series)).first()
+        if row is None or _hidden(inst, row[2], principal, patient=row[1]):
+            raise NotFoundError("No series with that identifier.", "Use a pseudonym from a search result.")
+    return row[0]
+
+
 def slice_png(inst, series: str, index: int, window: str, principal: Principal, max_size: int | None = None) -> bytes:
-    detail = series_detail(inst, series, principal)  # access check and existence
+    pseudonym = check_series_access(inst, series, principal)
     if window not in WINDOWS:
         raise InputError(f"Unknown window '{window}'.", f"Use one of: {', '.join(WINDOWS)}.")
     render = capability("medsearch.dicom.render", "render_slice", "slice rendering (issue 4)")
-    arr = _volumes.get(_volume_path(inst, detail["series"]))
+    arr = _volumes.get(_volume_path(inst, pseudonym))
     return render(arr, index, window=window, max_size=max_size)
 
 
 def thumbnail_png(inst, series: str, principal: Principal) -> bytes:
-    detail = series_detail(inst, series, principal)
-    path = inst.data_dir / "thumbs" / f"{detail['series']}.png"
+    pseudonym = check_series_access(inst, series, principal)
+    path = inst.data_dir / "thumbs" / f"{pseudonym}.png"
     if path.is_file():
         return path.read_bytes()
     render = capability("medsearch.dicom.render", "render_thumbnail", "slice rendering (issue 4)")
-    return render(_volumes.get(_volume_path(inst, detail["series"])))
+    return render(_volumes.get(_volume_path(inst, pseudonym)))
 
 
 # --------------------------------------------------------------------------- other areas
