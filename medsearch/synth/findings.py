@@ -375,7 +375,11 @@ def _effusion(spec, rng, anatomy, grid, axes, h, anat):
         lateral = np.abs(xs[None, :] - 3.0) / 150.0          # meniscus: higher laterally
         thick = prof[:, None] * (0.8 + 0.5 * np.clip(lateral, 0, 1)) / dy
         j = np.arange(lung.shape[1], dtype=np.float32)[None, :, None]
-        fluid = lung & has[:, None, :] & (j > post[:, None, :] - thick[:, None, :])
+        # Only columns whose lung reaches the dependent chest wall collect fluid (not those ending
+        # against the heart or the mediastinum in front of it).
+        floor = np.where(has, post, -1).max(axis=1, keepdims=True)
+        dependent = has & (post >= floor - 25.0 / dy)
+        fluid = lung & dependent[:, None, :] & (j > post[:, None, :] - thick[:, None, :])
         mask |= fluid
     hu_f = spec.hu if spec.hu is not None else 10.0
     anatomy.hu[mask] = hu_f
