@@ -162,3 +162,25 @@ def test_volume_assembly_matches_in_memory(tmp_path, one_study, ts, multiframe):
     vol = load_series(_files(tmp_path / "ST" / rec["path"]))
     np.testing.assert_array_equal(vol.hu, study.hu)
     np.testing.assert_allclose(vol.affine, study.affine, atol=1e-3)
+
+
+def test_thick_mediastinal_series(tmp_path, one_study):
+    """The second series: 5 mm, soft kernel, less noise, same frame of reference, loadable."""
+    from medsearch.dicom.volume import load_series
+
+    study = one_study
+    info = type(study.series[0])("mediastinal", 3, study.series[0].uid + ".3", "Mediastinum 5.0")
+    study.series.append(info)
+    try:
+        records = write_study(study, tmp_path / "ST", 2)
+    finally:
+        study.series.remove(info)
+    rec = next(r for r in records if r["role"] == "mediastinal")
+    files = _files(tmp_path / "ST" / rec["path"])
+    ds = pydicom.dcmread(files[0], stop_before_pixels=True)
+    assert float(ds.SliceThickness) == 5.0 and ds.ConvolutionKernel == study.acquisition.soft_kernel
+    assert ds.FrameOfReferenceUID == study.frame_uid and ds.WindowCenter == "40"
+    vol = load_series(files)
+    assert abs(vol.spacing[0] * vol.shape[0] - study.spacing[0] * study.hu.shape[0]) <= 5.0
+    # noise in the air outside the body is lower than in the main series
+    assert vol.hu[:, :6, 40:-40].std() < study.hu[:, :6, 40:-40].std()

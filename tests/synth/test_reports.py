@@ -57,3 +57,29 @@ def test_follow_up_reports_compare_with_the_prior(plain_studies):
 def test_forced_findings_reports_contradict_none(forced_studies):
     for s in forced_studies:
         _check_no_contradiction(s)
+
+
+def test_longitudinal_lesions_follow_their_trajectory():
+    """A tracked nodule appears, grows, stays stable or resolves across a patient's studies."""
+    from medsearch.synth.plan import locate, patient_plan, visit_plan
+
+    seen = set()
+    for index in range(300):
+        p, v = locate(0, index)
+        pp = patient_plan(0, p)
+        if pp.trajectory is None or v != pp.n_visits - 1 or pp.trajectory in seen:
+            continue
+        visits = [visit_plan(0, index - pp.n_visits + 1 + i) for i in range(pp.n_visits)]
+        tracked = [next((f for f in vp.findings if f.lesion_id == pp.tracked.lesion_id), None) for vp in visits]
+        if pp.trajectory == "appears":
+            assert tracked[0] is None and tracked[1].change == "new"
+        elif pp.trajectory == "grows":
+            sizes = [t.diameter_mm for t in tracked]
+            assert sizes == sorted(sizes) and sizes[-1] > sizes[0] and tracked[-1].change == "growing"
+        elif pp.trajectory == "stable":
+            assert len({t.diameter_mm for t in tracked}) == 1 and tracked[-1].change == "stable"
+        else:
+            assert tracked[0] is not None and tracked[-1] is None
+            assert visits[-1].resolved[0].lesion_id == pp.tracked.lesion_id
+        seen.add(pp.trajectory)
+    assert seen == {"appears", "grows", "stable", "resolves"}
