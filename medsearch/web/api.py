@@ -10,7 +10,7 @@ from flask import Blueprint, Response, g, jsonify, request, url_for
 
 from medsearch.audit.events import StudyViewEvent
 from medsearch.audit.log import verify_chain
-from medsearch.audit.review import EventFilter, parse_time, query_events
+from medsearch.audit.review import EventFilter, access_report, parse_time, query_events
 from medsearch.errors import InputError
 from medsearch.web import catalog
 from medsearch.web.instance import get_instance
@@ -173,6 +173,19 @@ def audit_events():
     params = {k: v for k, v in args.items() if k in ("user", "type", "since", "until", "patient")}
     return jsonify({"items": items, "total": total, "offset": offset, "limit": limit,
                     "next": _next("api.audit_events", offset, limit, total, **params)})
+
+
+@bp.route("/audit/report")
+@roles(*REVIEW)
+def audit_report():
+    """What one user did: counts, failures, studies viewed, re-identifications with reasons."""
+    args = request.args
+    user = (args.get("user") or "").strip()
+    if not user:
+        raise InputError("'user' is required.", "Pass ?user=<name>.")
+    flt = EventFilter(since=parse_time(args.get("since"), "since"),
+                      until=parse_time(args.get("until"), "until", end=True))
+    return jsonify(access_report(get_instance(), user, flt))
 
 
 @bp.route("/audit/verify")

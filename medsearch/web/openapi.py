@@ -119,6 +119,9 @@ def spec() -> dict:
             "/api/v1/audit/events": {"get": _op(
                 "Audit events, newest first", ["compliance", "admin"], _json("Events", {"type": "object"}),
                 [_p("user"), _p("type"), _p("since"), _p("until"), _p("patient"), *PAGE], tag="audit")},
+            "/api/v1/audit/report": {"get": _op(
+                "Access report of one user", ["compliance", "admin"], _json("Report", {"type": "object"}),
+                [_p("user", required=True), _p("since"), _p("until")], tag="audit")},
             "/api/v1/audit/verify": {"get": _op("Verify the audit hash chain", ["compliance", "admin"],
                                                 _json("Result", {"type": "object"}), tag="audit")},
             "/api/v1/me": {"get": _op("The caller's identity and role", ["radiologist", "compliance", "admin",

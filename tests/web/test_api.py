@@ -175,3 +175,12 @@ def test_metrics_prometheus_format(client, tokens):
 def test_more_like_a_hidden_series_is_404(client, tokens):
     resp = client.get(f"/api/v1/series/{VIP_SERIES}/similar", headers=_bearer(tokens["radiologist"]))
     assert resp.status_code == 404
+
+
+def test_access_report_api(client, tokens, web_inst):
+    h = _bearer(tokens["compliance"])
+    client.get(f"/api/v1/studies/{STUDY}", headers=_bearer(tokens["radiologist"]))
+    body = client.get("/api/v1/audit/report?user=tok-radiologist", headers=h).get_json()
+    assert body["actor"] == "tok-radiologist" and body["counts"]["study_view"] >= 1
+    assert {"study": STUDY, "views": body["studies_viewed"][0]["views"]} in body["studies_viewed"]
+    assert client.get("/api/v1/audit/report", headers=h).status_code == 400

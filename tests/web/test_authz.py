@@ -46,6 +46,7 @@ MATRIX = [
      {"json": {"reason": "PACS retrieval for tumour board"}}),
     ("/api/v1/ingest/status", "GET", "/api/v1/ingest/status", "api", ("admin", "pacs"), {}),
     ("/api/v1/audit/events", "GET", "/api/v1/audit/events", "api", REVIEW, {}),
+    ("/api/v1/audit/report", "GET", "/api/v1/audit/report?user=radiologist", "api", REVIEW, {}),
     ("/api/v1/audit/verify", "GET", "/api/v1/audit/verify", "api", REVIEW, {}),
     ("/dicomweb/studies", "POST", "/dicomweb/studies", "api", ("pacs", "admin"),
      {"data": STOW_BODY, "headers": {"Content-Type": STOW_CT}}),
