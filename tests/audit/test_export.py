@@ -42,10 +42,10 @@ ORDER = ["EventIdentification", "ActiveParticipant", "AuditSourceIdentification"
 
 
 @pytest.fixture
-def filled(sqlite_instance):
+def filled(instance):
     for ev in EVENTS:
-        sqlite_instance.track(ev)
-    return sqlite_instance
+        instance.track(ev)
+    return instance
 
 
 def test_atna_messages_follow_the_dicom_schema_and_codes(filled):

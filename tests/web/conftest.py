@@ -221,3 +221,9 @@ def world(tmp_path_factory, viewer):
     labels = [json.loads(line) for line in (root / "archive" / "labels.jsonl").read_text().splitlines()]
     yield SimpleNamespace(inst=inst, labels=labels, archive=root / "archive")
     inst.close()
+
+
+@pytest.fixture(scope="session")
+def study_adder():
+    """add_study(inst, patient, study, series): one stored study with a volume, a finding and vault records."""
+    return add_study
