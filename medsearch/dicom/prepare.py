@@ -25,7 +25,7 @@ import numpy as np
 from medsearch.dicom.deidentify import DeidResult, Keys, Originals, deidentify
 from medsearch.dicom.profile import Options
 from medsearch.dicom.quarantine import Quarantined
-from medsearch.dicom.reading import quiet, read_dicom
+from medsearch.dicom.reading import Header, attach_pixels, quiet, read_dicom
 from medsearch.dicom.render import render_thumbnail
 from medsearch.dicom.volume import SeriesError, load_series
 
@@ -100,8 +100,16 @@ def thumb_relpath(series_pseudonym: str) -> str:
     return f"thumbs/{series_pseudonym}.png"
 
 
-def deidentify_file(path: Path, keys: Keys, options: Options, series_key: str) -> tuple[DeidResult, str] | FileOutcome:
-    """Read and de-identify one file, or say why not (quarantine reasons are constant text)."""
+def deidentify_file(item: Path | Header, keys: Keys, options: Options,
+                    series_key: str) -> tuple[DeidResult, str] | FileOutcome:
+    """Read and de-identify one file, or say why not (quarantine reasons are constant text).
+
+    Args:
+        item: a path, or a :class:`~medsearch.dicom.reading.Header` already read up to the pixel
+            data (then only the rest of the file is parsed).
+    """
+    header = item if isinstance(item, Header) else None
+    path = header.path if header else item
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -109,7 +117,10 @@ def deidentify_file(path: Path, keys: Keys, options: Options, series_key: str) -
     sha = hashlib.sha256(data).hexdigest()
     try:
         with quiet():
-            ds = read_dicom(io.BytesIO(data))
+            if header is not None and header.pixel_offset is not None:
+                ds = attach_pixels(header, data)
+            else:
+                ds = read_dicom(io.BytesIO(data))
             if ds is None:
                 return FileOutcome(sha, NOT_DICOM, "Not a DICOM file; skipped.")
             return deidentify(ds, keys, options), sha
@@ -120,13 +131,13 @@ def deidentify_file(path: Path, keys: Keys, options: Options, series_key: str) -
                            series_key)
 
 
-def prepare_series(series_key: str, paths: list[Path], keys: Keys, options: Options,
+def prepare_series(series_key: str, paths: list[Path | Header], keys: Keys, options: Options,
                    data_dir: Path) -> PreparedSeries:
     """De-identify and assemble one series, and write its volume and thumbnail files.
 
     Args:
         series_key: the series pseudonym (files are grouped by it).
-        paths: the files of the series.
+        paths: the files of the series (paths, or headers read by the caller's grouping pass).
         keys: the pseudonym secret and UID root.
         options: the PS3.15 options in force.
         data_dir: the instance data folder.
