@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from urllib.parse import quote
 
-from flask import Blueprint, Response, g, redirect, render_template, request, url_for
+from flask import Blueprint, Response, g, redirect, render_template, request
 
 from medsearch.audit.events import EVENT_TYPES, StudyViewEvent
 from medsearch.audit.log import verify_chain
