@@ -38,3 +38,19 @@ def test_users_and_tokens_lifecycle(home):
     assert all(e["actor"].startswith("cli") for e in json.loads(out.read_text()) if e["event_type"] == "admin")
     assert run(home, ["audit", "verify"]).exit_code == 0
     inst.close()
+
+
+def test_audit_verify_cli_names_the_first_bad_entry(home):
+    from sqlalchemy import update
+
+    from medsearch.store.models import AuditEvent
+
+    run(home, ["init"])
+    for name in ("a1", "a2", "a3"):
+        run(home, ["tokens", "create", name])
+    inst = open_instance(home)
+    with inst.sessions() as s, s.begin():
+        s.execute(update(AuditEvent).where(AuditEvent.id == 2).values(actor="mallory"))
+    result = CliRunner().invoke(cli, ["--home", str(home), "audit", "verify"])
+    assert result.exit_code == 6 and "BROKEN at entry 2" in result.output
+    inst.close()

@@ -154,3 +154,11 @@ def test_security_headers(client):
     assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
     assert resp.headers["X-Frame-Options"] == "DENY" and resp.headers["Cache-Control"] == "no-store"
     assert "http://" not in resp.get_data(as_text=True).split("<body>")[0]  # no external assets
+
+
+def test_sessions_end_after_twelve_hours_whatever_the_activity(client, login):
+    login(client, "radiologist")
+    with client.session_transaction() as sess:
+        sess["started"] = time.time() - 12 * 3600 - 1
+    resp = client.get("/")
+    assert resp.status_code == 302 and "expired=1" in resp.headers["Location"]
