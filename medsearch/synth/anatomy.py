@@ -242,13 +242,15 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     xs_side = np.where(side_left, 1.0, -1.0) * f.ta * 0.45
     cap = ((X - xs_side) / (f.ta * 0.55)) ** 2 + ((Y - (f.ty + 0.15 * f.tb)) / (f.tb * 0.85)) ** 2
     lung_top = -cap * 0.3 * L
-    zd = np.where(side_left, -(anat.dome_r + anat.dome_l) * L, -anat.dome_r * L)
-    xd = np.where(side_left, 1.0, -1.0) * f.ta * 0.35
     yd = f.ty - 0.3 * f.tb
-    nx_ = (X - xd) / (f.ta * 0.65)
     ny_ = np.where(Y > yd, (Y - yd) / (f.ty + f.tb - yd), (Y - yd) / (yd - (f.ty - f.tb)))
     ky = np.where(Y > yd, 0.15 * L, 0.07 * L)
-    z_dia = zd - 0.14 * L * nx_ ** 2 - ky * ny_ ** 2
+    z_dia_r = -anat.dome_r * L - 0.14 * L * ((X + f.ta * 0.35) / (f.ta * 0.65)) ** 2 - ky * ny_ ** 2
+    z_dia_l = (-(anat.dome_r + anat.dome_l) * L - 0.14 * L * ((X - f.ta * 0.35) / (f.ta * 0.65)) ** 2
+               - ky * ny_ ** 2)
+    # The two domes meet smoothly under the heart.
+    w_side = smoothstep(float(mx) - 25.0, float(mx) + 25.0, X)
+    z_dia = z_dia_r * (1 - w_side) + z_dia_l * w_side
     above = Z > z_dia
     lung = (cavity & ~envelope & (peri_e > 1) & ~spine_excl & ~desc_excl & (Z < lung_top) & above)
 
@@ -385,7 +387,9 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     below = cavity & ~above & ~spine_excl
     paint(below, -95.0, TISSUES["fat"])
     paint(below & (Z > z_dia - 5), 45.0, TISSUES["soft tissue"])
-    liver = below & ((X < 12) | ((X < 70) & (Y < f.ty - 0.25 * f.tb))) & (Z < z_dia - 2)
+    # The left lobe of the liver reaches across the midline anteriorly: a curved, not stepped, edge.
+    liver_edge = 10 + 70 * smoothstep(f.ty + 0.3 * f.tb, f.ty - 0.7 * f.tb, Y) + 0.1 * (Z - z_dia)
+    liver = below & (X < liver_edge) & (Z < z_dia - 2)
     paint(liver, 60.0 if contrast is None else 115.0, TISSUES["liver"])
     zl = -(anat.dome_r + anat.dome_l) * L
     st = ((X - 58) / 46) ** 2 + ((Y - (f.ty - 0.25 * f.tb)) / 38) ** 2 + ((Z - (zl - 48)) / 46) ** 2
