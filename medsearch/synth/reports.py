@@ -242,7 +242,7 @@ def _impression_en(f: dict, rng) -> str:
     if t == "atelectasis":
         return f"Subsegmental atelectasis in the {where}."
     if t == "emphysema":
-        return f"Emphysema ({f['laterality']} lung)."
+        return "Bilateral emphysema." if f["laterality"] == "bilateral" else f"Emphysema of the {f['laterality']} lung."
     if t == "pleural effusion":
         return f"{f['laterality'].capitalize()} pleural effusion{'s' if f['laterality'] == 'bilateral' else ''}."
     if t == "pneumothorax":
@@ -269,7 +269,7 @@ def _impression_zh(f: dict, rng) -> str:
     if t == "atelectasis":
         return f"{where}局限性肺不张。"
     if t == "emphysema":
-        return f"{LOBE_ZH[f['site']][0]}肺气肿。"
+        return "双肺肺气肿。" if f["laterality"] == "bilateral" else f"{LOBE_ZH[f['site']][0]}肺气肿。"
     if t == "pleural effusion":
         return f"{SIDE_ZH[f['laterality']]}胸腔积液。"
     if t == "pneumothorax":

@@ -83,3 +83,14 @@ def test_longitudinal_lesions_follow_their_trajectory():
             assert visits[-1].resolved[0].lesion_id == pp.tracked.lesion_id
         seen.add(pp.trajectory)
     assert seen == {"appears", "grows", "stable", "resolves"}
+
+
+def test_bilateral_emphysema_is_reported_once_as_bilateral(forced_studies):
+    s = forced_studies[0]  # nodule, mass, effusion, emphysema (bilateral or one lung)
+    emph = [f for f in s.labels["findings"] if f["type"] == "emphysema"]
+    if len(emph) == 2:
+        assert "Bilateral emphysema." in s.labels["report_en"] and "双肺肺气肿。" in s.labels["report_zh"]
+        assert "右肺肺气肿" not in s.labels["report_zh"]
+    else:
+        side = emph[0]["laterality"]
+        assert f"Emphysema of the {side} lung." in s.labels["report_en"]
