@@ -92,8 +92,22 @@ def check_vault(inst: Instance) -> Check:
     return vault.doctor_check(inst, Check)
 
 
+def check_audit(inst: Instance) -> Check:
+    """The audit hash chain verifies end to end."""
+    from medsearch.audit import log
+
+    return log.doctor_check(inst, Check)
+
+
+def check_web(inst: Instance) -> Check:
+    """The web server's TLS settings load."""
+    from medsearch.web import serve
+
+    return serve.doctor_check(inst, Check)
+
+
 CHECKS: list[Callable[[Instance], Check]] = [check_keys, check_database, check_index, check_model, check_ingest_queue,
-                                             check_terminology, check_vault]
+                                             check_terminology, check_vault, check_audit, check_web]
 
 
 def counts(inst: Instance) -> dict[str, int]:
@@ -119,7 +133,7 @@ def counts(inst: Instance) -> dict[str, int]:
 
 
 #: Checks that read tables; they are skipped while the database check fails.
-NEEDS_DATABASE = {"check_index", "check_ingest_queue", "check_vault"}
+NEEDS_DATABASE = {"check_index", "check_ingest_queue", "check_vault", "check_audit"}
 
 
 def run_doctor(inst: Instance) -> dict:

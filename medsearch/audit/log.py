@@ -105,3 +105,19 @@ def verify_chain(factory: sessionmaker[Session], audit_key: bytes) -> VerifyResu
             prev = row.hash
             checked += 1
     return VerifyResult(True, checked)
+
+
+def doctor_check(inst, Check):
+    """``medsearch doctor``: the audit chain verifies end to end."""
+    from medsearch.errors import MedsearchError
+
+    try:
+        key = inst.keyring.secret("audit")
+    except MedsearchError as exc:
+        return Check("audit", "fail", exc.problem, exc.fix or "")
+    result = verify_chain(inst.sessions, key)
+    if result.ok:
+        return Check("audit", "ok", f"hash chain intact ({result.checked} entries)")
+    return Check("audit", "fail", f"entry {result.first_bad_id} {result.problem}",
+                 "Treat it as a security incident: keep the database as evidence, compare it with a backup, "
+                 "and see 'medsearch audit verify'.")

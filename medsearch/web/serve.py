@@ -39,6 +39,19 @@ def _tls_files(inst) -> tuple[Path, Path] | None:
     return cert, key
 
 
+def doctor_check(inst, Check):
+    """``medsearch doctor``: the web server's TLS settings load (or the proxy setting is explicit)."""
+    try:
+        tls = _tls_files(inst)
+    except ConfigError as exc:
+        return Check("web", "fail", exc.problem, exc.fix or "")
+    if tls:
+        return Check("web", "ok", "HTTPS with tls_cert and tls_key (cheroot)")
+    if inst.settings.web_behind_tls_proxy:
+        return Check("web", "ok", "plain HTTP behind a TLS proxy (web_behind_tls_proxy)")
+    return Check("web", "ok", "plain HTTP: put nginx with TLS in front (deploy/nginx) and set web_behind_tls_proxy")
+
+
 def make_server(inst, host: str, port: int):
     """Return (server, scheme); ``server.run()`` blocks, ``server.close()`` stops it."""
     from medsearch.web import create_app

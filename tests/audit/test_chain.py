@@ -59,3 +59,15 @@ def test_forged_chain_without_key_is_detected(instance):
     _fill(instance, 2)
     result = verify_chain(instance.sessions, b"k" * 32)
     assert not result.ok and "MAC" in result.problem and result.first_bad_id == 1
+
+
+def test_doctor_reports_the_chain(instance):
+    from medsearch.audit.log import doctor_check
+    from medsearch.doctor import Check
+
+    _fill(instance, 3)
+    assert doctor_check(instance, Check).status == "ok"
+    with instance.sessions() as s, s.begin():
+        _edit(s)
+    check = doctor_check(instance, Check)
+    assert check.status == "fail" and "entry 3" in check.detail and check.fix

@@ -129,3 +129,17 @@ def test_cli_serve_runs_and_stops_cleanly_on_sigterm(home):
     actions = [e["payload"]["action"] for e in query_events(inst, limit=10)[0] if e["event_type"] == "admin"]
     assert actions[:2] == ["app.stop", "app.start"]
     inst.close()
+
+
+def test_doctor_checks_the_tls_settings(home, tls_files):
+    from medsearch.doctor import Check
+    from medsearch.web.serve import doctor_check
+
+    _place(home, tls_files)
+    good = Instance.create(home, settings={"tls_cert": "tls.crt", "tls_key": "tls.key"}, env={})
+    assert doctor_check(good, Check).status == "ok"
+    bad = Instance(home, overrides={"tls_key": "missing.key"}, env={})
+    check = doctor_check(bad, Check)
+    assert check.status == "fail" and "tls_key" in check.detail
+    good.close()
+    bad.close()
