@@ -197,8 +197,8 @@ def _text_features(inst, canonical: str, want_tokens: bool):
     return vector, hidden, mask.bool()
 
 
-def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand], tokens=None) -> None:
-    """Region component and heatmap of each candidate from the cross-attention model."""
+def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand], tokens=None, heat_only: bool = False) -> None:
+    """Region component and heatmap of each candidate from the cross-attention model (``heat_only``: the map)."""
     import torch
 
     from medsearch.models.spatial_store import load_spatial
@@ -217,7 +217,9 @@ def _rerank(inst, rr: _Reranker, canonical: str, cands: list[_Cand], tokens=None
             logits, heat = rr.model(tok, mask, spatial)
             probs = torch.sigmoid(logits).numpy()
             for (c, _), p, h in zip(group, probs, heat.numpy()):
-                c.region, c.heat = float(p), h
+                c.heat = h
+                if not heat_only:
+                    c.region = float(p)
 
 
 def _score(cands: list[_Cand], w: dict[str, float]) -> None:
@@ -254,12 +256,20 @@ def _components(c: _Cand, w: dict[str, float]) -> dict:
             "attributes": round(c.match.score, 6), "weights": w}
 
 
-def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float]) -> tuple[list[dict], int]:
-    """Series -> studies (best series per study), top k as result dicts; also the number of studies."""
+def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float], heat_from=None) -> tuple[list[dict], int]:
+    """Series -> studies (best series per study), top k as result dicts; also the number of studies.
+
+    ``heat_from`` = (reranker, canonical, tokens): the shown results that were not reranked still get the
+    reranker's heatmap for their key slice (localisation is a separate use from ranking; k maps are cheap).
+    """
     best: dict[str, _Cand] = {}
     for c in sorted(cands, key=lambda c: (-c.score, c.vector_id)):
         best.setdefault(c.row["study"], c)
     top = list(best.values())[:k]
+    model, canonical, tokens = heat_from or (None, None, None)
+    unheated = [c for c in top if c.heat is None]
+    if model is not None and unheated:
+        _rerank(inst, model, canonical, unheated, tokens, heat_only=True)
     with inst.sessions() as s:
         located = search_rules.finding_locations(
             s, [b["id"] for c in top for b in c.match.best if b is not None and "id" in b])
@@ -322,8 +332,8 @@ def _rank(inst, parsed: dict, canonical: str | None, vector, k: int, filters: di
     globals_ = _minmax(np.asarray([c.similarity for c in cands], dtype=np.float64))
     for c, g in zip(cands, globals_):
         c.global_ = float(g)
-    rr = reranker_for(inst) if (use_reranker and canonical) else None
-    rr = rr if rr is not None and rr.helps(parsed) else None
+    model = reranker_for(inst) if (use_reranker and canonical) else None
+    rr = model if model is not None and model.helps(parsed) else None
     w = search_match.weights(parsed, have_region=rr is not None)
     _score(cands, search_match.weights(parsed, have_region=False))
     if rr is not None and cands:
@@ -335,7 +345,7 @@ def _rank(inst, parsed: dict, canonical: str | None, vector, k: int, filters: di
         floor = min(c.score for c in head) if head else 0.0
         for c in cands[len(head):]:
             c.score = min(c.score, floor - 1e-6)
-    results, total = _aggregate(inst, cands, k, w)
+    results, total = _aggregate(inst, cands, k, w, heat_from=(model, canonical, tokens))
     return results, total, w
 
 
@@ -375,7 +385,7 @@ def search(inst, text: str, k: int = 10, filters: dict | None = None, user=None)
         canonical = getattr(parsed, "canonical", None) or pd.get("canonical") or text
         _threads(inst)
         rr = reranker_for(inst)
-        vector, tok, mask = _text_features(inst, canonical, want_tokens=rr is not None and rr.helps(pd))
+        vector, tok, mask = _text_features(inst, canonical, want_tokens=rr is not None)
         results, total, w = _rank(inst, pd, canonical, vector, k, filters, user, tokens=(tok, mask))
         out = {"query": pd, "results": results, "total": total, "weights": w}
         cache.put(key, out, generation)

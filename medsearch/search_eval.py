@@ -125,7 +125,8 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
     texts, specs = protocol_queries(labs, lang)
     if max_queries:
         texts, specs = texts[:max_queries], specs[:max_queries]
-    hits = total = 0
+    hits = total = middle = 0
+    shapes = _shapes(inst)
     for text, spec in zip(texts, specs):
         for r in S.search(inst, text, k=k)["results"]:
             lab = by_study.get(r["study"])
@@ -136,4 +137,17 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
                 continue
             total += 1
             hits += any(f["slice_range"][0] <= r["key_slice"] <= f["slice_range"][1] for f in matching)
-    return {"relevant_hits": total, "key_slice_within": hits, "rate": hits / total if total else None}
+            # baseline in the same run: the middle slice of the series
+            mid = shapes[r["series"]][0] // 2
+            middle += any(f["slice_range"][0] <= mid <= f["slice_range"][1] for f in matching)
+    return {"relevant_hits": total, "key_slice_within": hits, "rate": hits / total if total else None,
+            "middle_slice_baseline": middle / total if total else None}
+
+
+def _shapes(inst) -> dict[str, list]:
+    from sqlalchemy import select
+
+    from medsearch.store.models import Series, Volume
+
+    with inst.sessions() as s:
+        return dict(s.execute(select(Series.pseudonym, Volume.shape).join(Volume, Volume.series_id == Series.id)))
