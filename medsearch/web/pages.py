@@ -135,6 +135,7 @@ def open_in_pacs(study: str):
 
 # --------------------------------------------------------------------------- compliance
 def _filter_from(args) -> EventFilter:
+    """The compliance filters from the query string (the page) or the form (an export)."""
     return EventFilter(actor=(args.get("user") or "").strip() or None,
                        event_type=(args.get("type") or "").strip() or None,
                        since=parse_time(args.get("since"), "since"),
@@ -160,16 +161,19 @@ def audit():
                            args=request.args)
 
 
-@bp.route("/audit/export")
+@bp.route("/audit/export", methods=["POST"])
 @roles(*REVIEW)
 def audit_export():
+    """Download the filtered events.  A POST with the CSRF token: an export is itself an audited act,
+    so another site must not be able to trigger one in a reviewer's name."""
     from medsearch.audit.export import FORMATS, export_events
 
-    fmt = request.args.get("format", "csv")
+    form = request.form
+    fmt = form.get("format", "csv")
     if fmt not in FORMATS:
         raise InputError(f"Unknown export format '{fmt[:8]}'.", f"Use one of: {', '.join(FORMATS)}.")
     buf = io.StringIO()
-    export_events(get_instance(), fmt, buf, _filter_from(request.args), actor=g.principal.name)
+    export_events(get_instance(), fmt, buf, _filter_from(form), actor=g.principal.name)
     ext, mime = {"csv": ("csv", "text/csv"), "json": ("json", "application/json"),
                  "atna": ("xml", "application/xml")}[fmt]
     return Response(buf.getvalue(), mimetype=mime,

@@ -22,7 +22,7 @@ MATRIX = [
      {"data": {"reason": "tumour board comparison"}}),
     ("/audit", "GET", "/audit", "page", REVIEW, {}),
     ("/audit", "GET", "/audit?verify=1", "page", REVIEW, {}),
-    ("/audit/export", "GET", "/audit/export?format=csv", "page", REVIEW, {}),
+    ("/audit/export", "POST", "/audit/export", "page", REVIEW, {"data": {"format": "csv"}}),
     ("/logout", "POST", "/logout", "page", ALL, {}),
     ("/login", "GET", "/login", "page", PUBLIC, {}),
     ("/lang/<code>", "GET", "/lang/zh", "page", PUBLIC, {}),

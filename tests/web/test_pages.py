@@ -145,13 +145,18 @@ def test_audit_page_filters_verifies_and_reports(client, login, web_inst):
 
 
 def test_audit_export_download_is_itself_audited(client, login, web_inst):
-    login(client, "compliance")
-    resp = client.get("/audit/export?format=csv&type=login")
+    token = login(client, "compliance")
+    html = client.get("/audit?type=login").get_data(as_text=True)
+    assert 'name="type" value="login"' in html  # the export form carries the page's filters
+    resp = client.post("/audit/export", data={"csrf_token": token, "format": "csv", "type": "login"})
     assert resp.status_code == 200 and resp.mimetype == "text/csv"
     assert resp.headers["Content-Disposition"].startswith("attachment")
-    assert resp.get_data(as_text=True).splitlines()[0].startswith("id,ts,event_type")
+    rows = resp.get_data(as_text=True).splitlines()
+    assert rows[0].startswith("id,ts,event_type") and all(",login," in r for r in rows[1:])
     assert _events(web_inst, "export")[-1][:2] == ("compliance", "success")
-    assert client.get("/audit/export?format=pdf").status_code == 400
+    assert client.post("/audit/export", data={"csrf_token": token, "format": "pdf"}).status_code == 400
+    assert client.post("/audit/export", data={"format": "csv"}).status_code == 400  # no CSRF token
+    assert client.get("/audit/export?format=csv").status_code == 405
 
 
 def test_audit_page_shows_a_broken_chain(fresh_app, fresh_inst, login):
