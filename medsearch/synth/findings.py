@@ -306,6 +306,7 @@ def _region(spec, rng, anatomy, grid, axes, h, anat):
     codes = _site_codes(spec)
     c = _choose_center(rng, anatomy, grid, codes, min(r, 10))
     _maybe_lingula(spec, anatomy, grid, c)
+    codes = _site_codes(spec)  # a lingular lesion stays in the lingula
     sl, X, Y, Z = _box(axes, c, r + 8)
     lobe = np.isin(anatomy.lobes[sl], codes)
     sub = anatomy.hu[sl]
@@ -340,6 +341,12 @@ def _region(spec, rng, anatomy, grid, axes, h, anat):
     mask = np.zeros(grid.shape, bool)
     mask[sl] = cov > 0.5
     mask = _ensure(mask, grid, c)
+    if not mask[grid.to_index(c)]:  # an irregular edge left the template centre outside: use the nearest voxel
+        kk, jj, ii = np.nonzero(mask)
+        k0, j0, i0 = grid.to_index(c)
+        best = int(np.argmin((kk - k0) ** 2 + (jj - j0) ** 2 + (ii - i0) ** 2))
+        xs, ys, zs = axes
+        c = np.array([xs[ii[best]], ys[jj[best]], zs[kk[best]]])
     # The measured long axis is that of the drawn region, not of the template.
     spec.diameter_mm = round(float(min(max(_extent_mm(mask, grid), 3.0), 60.0)), 1)
     return RenderedFinding(spec, mask, tuple(float(v) for v in c))
