@@ -25,7 +25,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 from scipy import ndimage
 
-from medsearch.synth.acquisition import EXPLICIT_LE, IMPLICIT_LE, J2K_LOSSLESS, RLE, quantize, reconstruct
+from medsearch.synth.acquisition import EXPLICIT_LE, IMPLICIT_LE, RLE, quantize, reconstruct
 from medsearch.synth.phi import age_string, uid
 from medsearch.synth.plan import rng_for
 from medsearch.synth.study import SeriesInfo, SynthStudy, instance_number
