@@ -276,12 +276,15 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
 @click.option("--arch", default="ctnet", show_default=True, type=click.Choice(["ctnet", "resnet10"]),
               help="Image-tower architecture.")
-def train(archive, reports, out, steps, batch_size, seed, arch):
+@click.option("--synth-seed", "synth_seeds", type=int, multiple=True,
+              help="Seed of each synthetic archive (recorded; evaluation seeds 9000-9999 are refused).")
+def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds):
     """Train the image and text towers (and reranker) contrastively."""
     from medsearch.models.train import TrainConfig, train_archives
 
     summary = train_archives(list(archive), out, reports,
-                             TrainConfig(arch=arch, steps=steps, batch_size=batch_size, seed=seed))
+                             TrainConfig(arch=arch, steps=steps, batch_size=batch_size, seed=seed),
+                             synth_seeds=list(synth_seeds))
     click.echo(f"trained {summary['steps']} steps on {summary['train_studies']} studies "
                f"({summary['val_studies']} held out) in {summary['seconds']:.0f} s: loss {summary['loss']:.3f}, "
                f"validation report->volume R@5 {summary['val_R@5']:.3f}; model written to {out}")

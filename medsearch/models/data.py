@@ -166,6 +166,15 @@ def scrub_report(text: str) -> str:
     return text.strip()
 
 
+def save_cached(path, hu: np.ndarray) -> None:
+    """Write a cached canonical volume atomically: an interrupted run never leaves half a file."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, hu)
+    os.replace(tmp, path)
+
+
 def _study_key(uid: str) -> str:
     import hashlib
 
@@ -228,7 +237,7 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True) -
             main = next(s for s in rec["series"] if s["series_uid"] == rec["main_series_uid"])
             hu = _load_main_series(archive / main["path"])
             if cached is not None:
-                np.save(cached, hu)
+                save_cached(cached, hu)
         findings = [{k: f.get(k) for k in ("type", "site", "laterality", "density", "diameter_mm")}
                     for f in rec["findings"]]
         studies.append(Study(key, hu, findings, scrub_report(rec.get("report_en", "")),

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 EVAL_SEEDS = range(9000, 10000)
 #: Seeds the shipped model's training archives are drawn from.
 TRAIN_SEEDS = range(1000, 2000)
+#: The benchmark's held-out pool (bench/bench_model.py).
+BENCH_EVAL_SEED = 9001
 RECALL_KS = (1, 5, 10, 50)
 #: Protocol (b) uses at most this many distinct queries (sampled with a fixed seed).
 MAX_PHRASE_QUERIES = 300
@@ -102,7 +104,8 @@ def evaluate_embeddings(encoder, studies: list[Study], image: np.ndarray, seed: 
     return result
 
 
-def _ingest_embeddings(archive: Path, records: list[dict], model_dir: Path | None, progress: bool) -> np.ndarray:
+def _ingest_embeddings(archive: Path, records: list[dict], model_dir: Path, int8: bool,
+                       progress: bool) -> np.ndarray:
     """Ingest the archive into a temporary instance (real de-identification and encoding) and
     read back each labelled study's main-series embedding, matched by its keyed pseudonym."""
     from sqlalchemy import select
@@ -114,7 +117,7 @@ def _ingest_embeddings(archive: Path, records: list[dict], model_dir: Path | Non
     from medsearch.store.models import Series, Volume
 
     with tempfile.TemporaryDirectory(prefix="medsearch-eval-") as tmp:
-        settings = {"model_dir": str(Path(model_dir).resolve())} if model_dir else {}
+        settings = {"model_dir": str(Path(model_dir).resolve()), "model_int8": bool(int8)}
         inst = Instance.create(Path(tmp) / "instance", settings=settings)
         try:
             ingest_paths(inst, [archive / "dicom"], source="cli", progress=progress)
@@ -134,8 +137,14 @@ def _ingest_embeddings(archive: Path, records: list[dict], model_dir: Path | Non
 
 
 def evaluate_archive(archive: Path, model_dir: Path | None = None, via_ingest: bool = True,
-                     progress: bool = True, seed: int = 0) -> dict:
-    """Evaluate a model on a synthetic archive (labels.jsonl + DICOM)."""
+                     progress: bool = True, seed: int = 0, int8: bool | None = None) -> dict:
+    """Evaluate a model on a synthetic archive (labels.jsonl + DICOM).
+
+    Args:
+        via_ingest: encode through a temporary instance's ingest (de-identification, storage,
+            encoding), as in production; False encodes the archive's volumes directly.
+        int8: run the towers in INT8; None follows the ``model_int8`` setting's default.
+    """
     from medsearch.errors import InputError
     from medsearch.models.data import load_archive
     from medsearch.models.registry import DEFAULT_MODEL_DIR, load_encoder
@@ -145,13 +154,18 @@ def evaluate_archive(archive: Path, model_dir: Path | None = None, via_ingest: b
         raise InputError("The evaluation archive has no labels.jsonl.",
                          "Evaluate on a synthetic archive: 'medsearch synth OUT --studies N --seed S' "
                          f"with S in {EVAL_SEEDS.start}..{EVAL_SEEDS.stop - 1}.")
-    encoder = load_encoder(Path(model_dir) if model_dir else DEFAULT_MODEL_DIR, int8=False)
+    if int8 is None:
+        from medsearch.settings import BY_NAME
+
+        int8 = bool(BY_NAME["model_int8"].default)
+    model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
+    encoder = load_encoder(model_dir, int8=int8)
     records = [json.loads(x) for x in (archive / "labels.jsonl").read_text(encoding="utf-8").splitlines() if x]
     train_keys = set(encoder.config.get("train_study_keys", []))
     if via_ingest:
         from medsearch.models.data import _study_key, scrub_report
 
-        image = _ingest_embeddings(archive, records, model_dir or DEFAULT_MODEL_DIR, progress)
+        image = _ingest_embeddings(archive, records, model_dir, int8, progress)
         studies = [Study(_study_key(r["study_uid"]), np.zeros((1, 1, 1), np.int16),
                          [{k: f.get(k) for k in ("type", "site", "laterality", "density", "diameter_mm")}
                           for f in r["findings"]], scrub_report(r["report_en"]), scrub_report(r["report_zh"]))
@@ -165,6 +179,7 @@ def evaluate_archive(archive: Path, model_dir: Path | None = None, via_ingest: b
                          "Evaluate on an archive generated with an evaluation seed (9000-9999).")
     result = evaluate_embeddings(encoder, studies, image, seed)
     result["model_version"] = encoder.model_version
+    result["int8"] = int8
     return result
 
 

@@ -22,7 +22,7 @@ import pydicom
 from tqdm import tqdm
 
 from medsearch.errors import InputError
-from medsearch.models.data import Study, _study_key, scrub_report
+from medsearch.models.data import Study, _study_key, save_cached, scrub_report
 
 
 def read_reports(path: Path) -> dict[str, dict]:
@@ -111,7 +111,7 @@ def load_hospital_archive(archive: Path, reports: Path | None, cache_dir=None, p
             hu = _load_main_series(series[series_uid])
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                np.save(cached, hu)
+                save_cached(cached, hu)
         en, zh = scrub_report(report["en"]), scrub_report(report["zh"])
         studies.append(Study(key, hu, _findings_from_report(en), en, zh))
     if not studies:

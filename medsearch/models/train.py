@@ -222,7 +222,7 @@ def train(studies: list[Study], out: Path, cfg: TrainConfig, device: str | None 
 
 
 def train_archives(archives: list[Path], out: Path, reports: Path | None = None, cfg: TrainConfig | None = None,
-                   progress: bool = True) -> dict:
+                   progress: bool = True, synth_seeds: list[int] | None = None) -> dict:
     """``medsearch train``: load (and cache) the archives' studies, train, write the model.
 
     The canonical volumes are cached in ``<out>/cache`` so that a resumed run starts at once.
@@ -230,7 +230,9 @@ def train_archives(archives: list[Path], out: Path, reports: Path | None = None,
     archive that overlaps the training data.
     """
     from medsearch.models.data import load_archive
+    from medsearch.models.evaluate import check_seed_disjoint
 
+    check_seed_disjoint(synth_seeds or [])
     cfg = cfg or TrainConfig()
     out = Path(out)
     studies: list[Study] = []
@@ -242,5 +244,6 @@ def train_archives(archives: list[Path], out: Path, reports: Path | None = None,
         config = json.loads(config_path.read_text())
         config["train_study_keys"] = sorted(s.key for s in studies)
         config["train_archives"] = [Path(a).name for a in archives]
+        config["train_seeds"] = list(synth_seeds or [])
         config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     return summary

@@ -12,7 +12,8 @@ from medsearch.models import phrases
 from medsearch.models.data import make_batch, perturb, scrub_report
 from medsearch.models.train import CHECKPOINT_FILE, MODEL_FILE, TrainConfig, train
 
-TINY = dict(steps=3, batch_size=4, warmup=1, eval_every=3, checkpoint_every=1)
+# The reranker trained after the towers (reranker_epochs) has its own tests (test_reranker.py).
+TINY = dict(steps=2, batch_size=4, warmup=1, eval_every=2, checkpoint_every=1, reranker_epochs=0)
 
 
 def _weights(folder):
@@ -35,8 +36,8 @@ def test_same_seed_same_model_other_seed_other_model(phantom_studies, tmp_path):
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(phantom_studies, tmp_path):
     cfg = TrainConfig(seed=5, **TINY)
     train(phantom_studies, tmp_path / "full", cfg, progress=False)
-    partial = train(phantom_studies, tmp_path / "resumed", cfg, stop_after=2, progress=False)
-    assert partial["steps"] == 2 and (tmp_path / "resumed" / CHECKPOINT_FILE).exists()
+    partial = train(phantom_studies, tmp_path / "resumed", cfg, stop_after=1, progress=False)
+    assert partial["steps"] == 1 and (tmp_path / "resumed" / CHECKPOINT_FILE).exists()
     assert not (tmp_path / "resumed" / MODEL_FILE).exists()
     train(phantom_studies, tmp_path / "resumed", cfg, progress=False)
     assert _same(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"))

@@ -1,0 +1,97 @@
+"""The encoder interface: the shipped model loads and encodes; INT8; doctor; errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from medsearch.dicom.volume import HUVolume
+from medsearch.doctor import Check
+from medsearch.errors import ConfigError, InputError
+from medsearch.models import registry
+from medsearch.models.dual import DualEncoder
+from medsearch.models.train import CONFIG_FILE, MODEL_FILE, save_model
+
+
+def _volume() -> HUVolume:
+    rng = np.random.default_rng(0)
+    hu = rng.normal(-800, 30, (30, 64, 64)).astype(np.float32)
+    hu[10:20, 20:30, 40:50] = 40.0
+    return HUVolume(hu, (5.0, 4.0, 4.0), np.diag([4.0, 4.0, 5.0, 1.0]), "CT")
+
+
+@pytest.fixture(scope="module")
+def untrained_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("model")
+    save_model(DualEncoder().eval(), folder, {"note": "untrained, for interface tests"})
+    return folder
+
+
+def _check_encoded(enc, vol):
+    out = enc.encode_volume(vol)
+    assert out.embedding.dtype == np.float32 and out.embedding.shape == (enc.dim,) == (256,)
+    assert abs(float(np.linalg.norm(out.embedding)) - 1) < 1e-4
+    assert out.spatial.dtype == np.float16 and out.spatial.ndim == 4 and out.spatial.shape[0] == 64
+    assert out.canon_shape == (80, 80, 48) and out.canon_affine.shape == (4, 4)
+    for f in out.findings:
+        assert {"type", "finding_type", "site", "laterality", "density", "size_mm", "probability"} <= set(f)
+    assert out.model_version
+    return out
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_encoder_interface(untrained_dir, int8):
+    enc = registry.Encoder(untrained_dir, int8=int8)
+    out = _check_encoded(enc, _volume())
+    vec = enc.encode_text("right lower lobe 8 mm solid nodule")
+    assert vec.dtype == np.float32 and vec.shape == (256,)
+    assert abs(float(np.linalg.norm(vec)) - 1) < 1e-4
+    assert out.model_version.endswith("-int8") == int8
+
+
+def test_int8_stays_close_to_fp32(untrained_dir):
+    fp32, int8 = registry.Encoder(untrained_dir), registry.Encoder(untrained_dir, int8=True)
+    a, b = fp32.encode_text("left pleural effusion"), int8.encode_text("left pleural effusion")
+    # Quantization noise only (an untrained projection amplifies it); retrieval loss is measured by
+    # bench/bench_model.py, which decides whether INT8 is the default.
+    assert float(a @ b) > 0.85
+    assert type(int8.model.text_proj.net[0]).__name__ == "Linear" and "quantized" in type(
+        int8.model.text_proj.net[0]).__module__
+
+
+def test_shipped_model_loads_encodes_and_fits_the_budget():
+    files = [registry.DEFAULT_MODEL_DIR / MODEL_FILE, registry.DEFAULT_MODEL_DIR / CONFIG_FILE]
+    assert all(f.exists() for f in files)
+    assert sum(f.stat().st_size for f in files) <= 15 * 1024 * 1024
+    config = json.loads(files[1].read_text())
+    assert config["train"]["steps"] > 0 and config["summary"]["steps"] == config["train"]["steps"]
+    enc = registry.load_encoder(registry.DEFAULT_MODEL_DIR, int8=False)
+    _check_encoded(enc, _volume())
+
+
+def test_get_encoder_follows_settings_and_doctor_reports(sqlite_instance, untrained_dir, monkeypatch):
+    monkeypatch.setattr(sqlite_instance.settings, "model_dir", str(untrained_dir), raising=False)
+    assert registry.model_dir_for(sqlite_instance) == untrained_dir
+    check = registry.doctor_check(sqlite_instance, Check)
+    assert check.status == "ok" and "dim 256" in check.detail
+
+
+def test_missing_model_is_a_config_error_with_a_fix(tmp_path):
+    with pytest.raises(ConfigError, match="medsearch train"):
+        registry.Encoder(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["", "   "])
+def test_empty_text_is_refused(untrained_dir, text):
+    with pytest.raises(InputError, match="empty"):
+        registry.Encoder(untrained_dir).encode_text(text)
+
+
+def test_flat_volume_is_refused(untrained_dir):
+    vol = HUVolume(np.zeros((1, 8, 8), np.float32), (1.0, 1.0, 1.0), np.eye(4), "CT")
+    with pytest.raises(InputError, match="at least 2 slices"):
+        registry.Encoder(untrained_dir).encode_volume(vol)
