@@ -369,7 +369,16 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
     veins_in = Segments.polyline([tuple(hila["right"] + [4, 14, -0.2 * L]), (hx - 10, hy + 30, hz + 10)], [7.0, 8.0]
                                  ).concat(Segments.polyline([tuple(hila["left"] + [-4, 12, -0.2 * L]),
                                                              (hx + 5, hy + 32, hz + 12)], [7.0, 8.0]))
-    big = rasterize(aorta.concat(pa).concat(rpa).concat(svc).concat(branches).concat(veins_in), grid)
+    # Brachiocephalic veins join into the SVC above the arch (the left one crosses in front of the
+    # arch branches); the azygos vein arches over the right main bronchus into the SVC.
+    bcv = Segments.polyline([(62.0, y_t0 - 18, z_top), (40.0, y_t0 - 34, z_arch + 30), (0.0, y_t0 - 36, z_arch + 24),
+                             (-30.0, y_t0 - 14, z_arch + 14)], [5.5, 6.0, 6.0, 7.5]).concat(
+        Segments.polyline([(-55.0, y_t0 - 10, z_top), (-32.0, y_t0 - 12, z_arch + 16)], [6.0, 7.0]))
+    y_vb0 = float(np.asarray(y_vb).ravel()[0])
+    azygos = Segments.polyline([(-6.0, y_vb0 - R - 2, -0.95 * L), (-8.0, y_vb0 - R - 3, z_car - 5),
+                                (-22.0, y_tr_car + 2, z_car + 6), (-30.0, y_t0 - 14, z_arch - 8)], [3.5, 4.0, 4.5, 5.0])
+    big = rasterize(aorta.concat(pa).concat(rpa).concat(svc).concat(branches).concat(veins_in).concat(bcv)
+                    .concat(azygos), grid)
     blend(big, blood, TISSUES["blood"])
     # Trachea and main bronchi: cartilage/soft-tissue wall around an air lumen.
     tra = Segments.polyline([(-1.0, y_t0, z_top), (0.0, y_tr_car, z_car)], [9.5, 9.0])
@@ -465,8 +474,8 @@ def _ribs(anat: PatientAnatomy, f: _Frame, grid: Grid) -> tuple[Segments, Segmen
     for side in (-1.0, 1.0):
         bone = bone.concat(Segments.polyline([(side * 14, t0 - b0 - 8, -0.06 * L), (side * (a0 * 0.7), t0 - b0 * 0.95, z_cl),
                                               (side * (a0 + 18), t0 - b0 * 0.2, z_cl + 12)], [6.5, 6.0, 6.5]))
-        for j, xf in enumerate(np.linspace(0.45, 0.95, 6)):
+        for xf in np.linspace(0.45, 0.95, 14):  # rods close enough to merge into a blade
             top = (side * a0 * xf, t0 + b0 * (0.95 - 0.25 * xf) + 18, z_cl - 5)
             low = (side * a0 * (0.55 + 0.2 * xf), t0 + b0 * 0.75 + 16, -0.5 * L + 30 * xf)
-            bone = bone.concat(Segments.polyline([top, low], [2.8, 2.2]))
+            bone = bone.concat(Segments.polyline([top, low], [2.6, 2.0]))
     return bone, cart
