@@ -54,7 +54,7 @@ def ingest(inst, arch: Path) -> None:
     from medsearch.dicom.ingest import ingest_paths
 
     report = ingest_paths(inst, [arch / "dicom"], progress=True)
-    print("ingest:", getattr(report, "counts", report))
+    print("ingest:", report.counts())
 
 
 def tile(inst, n_series: int, seed: int = 0) -> int:
@@ -192,9 +192,11 @@ def main(argv=None) -> int:
     settings = {"search_cache_size": 0}
     if args.model:
         settings["model_dir"] = str(args.model.resolve())
+    reuse = (home / "config.toml").exists()  # --keep of an earlier run: already ingested, not yet tiled
     inst = Instance.create(home, settings=settings)
     try:
-        ingest(inst, arch)
+        if not reuse:
+            ingest(inst, arch)
         labs = map_labels(inst, read_labels(arch))
         t0 = time.perf_counter()
         if args.skip_quality:
@@ -230,7 +232,8 @@ def main(argv=None) -> int:
     for lang, res in qual["report_to_volume"].items():
         print(f"  report {lang} R@10 {res['dual']['R@10']:.3f} -> {res['hybrid']['R@10']:.3f}")
     print(f"key slice within the finding's slices: {loc['key_slice_within']}/{loc['relevant_hits']}"
-          f" = {loc['rate'] if loc['rate'] is None else round(loc['rate'], 3)} (target 0.9)")
+          f" = {loc['rate'] if loc['rate'] is None else round(loc['rate'], 3)} (target 0.9; middle-slice "
+          f"baseline {loc.get('middle_slice_baseline')})")
     print(f"wrote {RESULTS}")
     return 0
 

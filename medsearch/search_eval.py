@@ -150,4 +150,5 @@ def _shapes(inst) -> dict[str, list]:
     from medsearch.store.models import Series, Volume
 
     with inst.sessions() as s:
-        return dict(s.execute(select(Series.pseudonym, Volume.shape).join(Volume, Volume.series_id == Series.id)))
+        return dict(s.execute(select(Series.pseudonym, Volume.shape)
+                              .join(Volume, Volume.series_id == Series.id)).all())
