@@ -313,7 +313,7 @@ def render_anatomy(anat: PatientAnatomy, grid: Grid, contrast: float | None) -> 
         h = hila[side]
         sl = right if side == "right" else left
         kk, jj, ii = np.nonzero(sl[:, ::2, ::2])
-        pick = trng.choice(len(kk), size=min(len(kk), 500), replace=False)
+        pick = trng.choice(len(kk), size=min(len(kk), 200), replace=False)
         targets = np.stack([xs_[ii[pick] * 2], ys_[jj[pick] * 2], zs_[kk[pick]]], 1).astype(np.float32)
         for d in dirs:
             skel = grow_tree(trng, h, d, 4.5, inside, r_min, hilum=h, max_segments=900, targets=targets)

@@ -8,7 +8,6 @@ Python loop over them would dominate generation time.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -146,81 +145,99 @@ def grow_tree(rng: np.random.Generator, root, direction, radius: float, inside, 
               hilum=None, max_segments: int = 1500, targets: np.ndarray | None = None) -> Segments:
     """A branching tree that tapers (Murray's law) and stays inside ``inside``.
 
+    Grown one generation at a time, all branches of a generation together
+    (vectorised: a chest has thousands of branches).
+
     Args:
         root: start point (3,) mm.
         direction: initial direction (3,).
         radius: start radius mm.
         inside: callable mapping points ``(n, 3)`` to a bool array (inside the lung).
-        r_min: branches thinner than this end the tree (about a third of a pixel:
+        r_min: branches thinner than this end the tree (a fraction of a pixel:
             thinner vessels are invisible at the reconstruction's resolution).
         hilum: point the tree spreads away from, so that it fills the periphery.
-        targets: ``(n, 3)`` points of the lung to grow toward (space-filling, like the
+        targets: ``(m, 3)`` points of the lung to grow toward (space-filling, like the
             tissue that a real pulmonary tree supplies); each child turns toward one.
     """
-    segs: list[tuple] = []
-    hil = tuple(float(v) for v in (root if hilum is None else hilum))
-    stack = [(tuple(float(v) for v in root), _unit(tuple(float(v) for v in direction)), float(radius), 0)]
-    while stack and len(segs) < max_segments:
-        p, d, r, depth = stack.pop()
-        if r < r_min or depth > 16:
-            continue
-        length = r * rng.uniform(6.0, 11.0) + 3.0   # small branches still travel to the pleura
-        end = None
+    hil = np.asarray(root if hilum is None else hilum, np.float64)
+    P = np.asarray(root, np.float64)[None, :]
+    D = _units(np.asarray(direction, np.float64)[None, :])
+    R = np.array([float(radius)])
+    T = None if targets is None or not len(targets) else np.asarray(targets, np.float64)
+    out: list[tuple[np.ndarray, ...]] = []
+    total = 0
+    for depth in range(17):
+        keep = R >= r_min
+        P, D, R = P[keep], D[keep], R[keep]
+        n = len(R)
+        if n == 0 or total >= max_segments:
+            break
+        length = R * rng.uniform(6.0, 11.0, size=n) + 3.0   # small branches still travel to the pleura
+        placed = np.zeros(n, bool)
+        E = np.zeros_like(P)
         for attempt in range(6):
-            if attempt in (2, 4):  # blocked by the pleura: turn rather than stop
-                d = _unit(_rotate(d, _unit(_cross(d, tuple(rng.normal(size=3)))), np.deg2rad(35)))
-            mid = _add(p, d, 0.5 * length)
-            cand = _add(p, d, length)
-            if depth == 0 or inside(np.array([mid, cand], np.float32)).all():
-                end = cand
+            todo = ~placed
+            if not todo.any():
                 break
-            length *= 0.6
-        if end is None:
-            continue
-        r_end = r * 0.95
-        segs.append((p, end, r, r_end))
-        f1 = rng.uniform(0.8, 0.92)
+            if attempt in (2, 4):  # blocked by the pleura: turn rather than stop
+                ax = _units(np.cross(D[todo], rng.normal(size=(int(todo.sum()), 3))))
+                D[todo] = _units(_rotate_many(D[todo], ax, np.deg2rad(35.0)))
+            cand = P[todo] + D[todo] * length[todo, None]
+            if depth == 0:
+                ok = np.ones(len(cand), bool)
+            else:
+                mid = P[todo] + D[todo] * (0.5 * length[todo, None])
+                ok = inside(mid.astype(np.float32)) & inside(cand.astype(np.float32))
+            idx = np.nonzero(todo)[0]
+            E[idx[ok]] = cand[ok]
+            placed[idx[ok]] = True
+            length[idx[~ok]] *= 0.6
+        P, D, R, E = P[placed], D[placed], R[placed], E[placed]
+        room = max_segments - total
+        if len(R) > room:
+            P, D, R, E = P[:room], D[:room], R[:room], E[:room]
+        if len(R) == 0:
+            break
+        r_end = R * 0.95
+        out.append((P, E, R, r_end))
+        total += len(R)
+        n = len(R)
+        f1 = rng.uniform(0.8, 0.92, size=n)
         f2 = (1.0 - f1 ** 3) ** (1.0 / 3.0)
-        axis = _unit(_cross(d, tuple(rng.normal(size=3))))
-        outward = _unit(_add(end, hil, -1.0))
-        near = None
-        if targets is not None and len(targets):
-            vec = targets - np.asarray(end, np.float32)
-            dist = np.sqrt((vec * vec).sum(1)) + 1e-3
-            ahead = (vec @ np.asarray(d, np.float32)) / dist
-            near = np.nonzero((ahead > 0.1) & (dist < 30 * r_end + 20))[0]
-        for f, ang in ((f1, rng.uniform(8, 28)), (f2, -rng.uniform(30, 60))):
-            nd = _rotate(d, axis, np.deg2rad(ang))
-            nd = _unit(_add(nd, outward, 0.25))
-            if near is not None and len(near):
-                t = vec[near[int(rng.integers(len(near)))]]
-                nd = _unit(_add(nd, _unit(tuple(float(v) for v in t)), 0.8))
-            stack.insert(0, (end, nd, r_end * f, depth + 1))
-    if not segs:
+        axis = _units(np.cross(D, rng.normal(size=(n, 3))))
+        outward = _units(E - hil)
+        a1 = np.deg2rad(rng.uniform(8, 28, size=n))
+        a2 = -np.deg2rad(rng.uniform(30, 60, size=n))
+        kids = []
+        if T is not None:
+            vec = T[None, :, :] - E[:, None, :]                            # (n, m, 3)
+            dist = np.sqrt((vec * vec).sum(2)) + 1e-3
+            ahead = np.einsum("nmk,nk->nm", vec, D) / dist
+            eligible = (ahead > 0.1) & (dist < 30 * r_end[:, None] + 20)
+        for f, ang in ((f1, a1), (f2, a2)):
+            nd = _units(_rotate_many(D, axis, ang) + 0.25 * outward)
+            if T is not None:
+                pick = np.argmax(rng.random(eligible.shape) * eligible, axis=1)
+                has = eligible.any(axis=1)
+                toward = _units(vec[np.arange(n), pick])
+                nd[has] = _units(nd[has] + 0.8 * toward[has])
+            kids.append((E, nd, r_end * f))
+        P = np.concatenate([k[0] for k in kids])
+        D = np.concatenate([k[1] for k in kids])
+        R = np.concatenate([k[2] for k in kids])
+    if not out:
         return Segments.empty()
-    p0, p1, r0, r1 = zip(*segs)
-    return Segments(np.asarray(p0, np.float32), np.asarray(p1, np.float32),
-                    np.asarray(r0, np.float32), np.asarray(r1, np.float32))
+    return Segments(*(np.concatenate([o[i] for o in out]).astype(np.float32) for i in range(4)))
 
 
-# Plain-float 3-vector helpers: the tree grows one branch at a time, where numpy's
-# per-call overhead on 3-element arrays would cost more than the arithmetic.
-def _add(a, b, s=1.0):
-    return (a[0] + s * b[0], a[1] + s * b[1], a[2] + s * b[2])
+def _units(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(n > 1e-9, v / np.maximum(n, 1e-9), np.array([0.0, 0.0, -1.0]))
 
 
-def _cross(a, b):
-    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-
-
-def _unit(v):
-    n = math.sqrt(v[0] * v[0] + v[1] * v[1] + v[2] * v[2])
-    return (v[0] / n, v[1] / n, v[2] / n) if n > 1e-9 else (0.0, 0.0, -1.0)
-
-
-def _rotate(v, axis, angle: float):
-    """Rodrigues rotation of ``v`` about unit ``axis``."""
-    c, s = math.cos(angle), math.sin(angle)
-    k = _cross(axis, v)
-    dot = axis[0] * v[0] + axis[1] * v[1] + axis[2] * v[2]
-    return tuple(v[i] * c + k[i] * s + axis[i] * dot * (1 - c) for i in range(3))
+def _rotate_many(v: np.ndarray, axis: np.ndarray, angle) -> np.ndarray:
+    """Rodrigues rotation of rows of ``v`` about unit rows of ``axis`` by ``angle`` (scalar or per row)."""
+    c = np.cos(angle)[..., None] if np.ndim(angle) else np.cos(angle)
+    s_ = np.sin(angle)[..., None] if np.ndim(angle) else np.sin(angle)
+    dot = (axis * v).sum(-1, keepdims=True)
+    return v * c + np.cross(axis, v) * s_ + axis * dot * (1 - c)
