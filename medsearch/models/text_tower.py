@@ -34,7 +34,11 @@ class MiniLM(nn.Module):
     def __init__(self, max_length: int = 128):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        # transformers draws a "Loading weights" bar on stderr; a service (doctor --json, the web
+        # server, ingest) must not print it, and our own bars report the long work.
+        hf_logging.disable_progress_bar()
         path = minilm_path()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.bert = AutoModel.from_pretrained(path, local_files_only=True)
