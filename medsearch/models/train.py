@@ -118,6 +118,13 @@ def validation_recall(model: DualEncoder, val: list[Study], cache: TextCache, de
     return recall_at_k((txt @ img.T).cpu(), same, k)
 
 
+def _same_run(saved: dict, wanted: dict) -> bool:
+    """A checkpoint continues a run when everything but the step count matches: a larger
+    ``--steps`` extends a finished run (the cosine schedule restarts from the new total)."""
+    ignore = ("steps", "eval_every", "checkpoint_every")
+    return {k: v for k, v in saved.items() if k not in ignore} == {k: v for k, v in wanted.items() if k not in ignore}
+
+
 def _lr(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
@@ -166,7 +173,7 @@ def train(studies: list[Study], out: Path, cfg: TrainConfig, device: str | None 
     ckpt_path = out / CHECKPOINT_FILE
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
-        if ckpt["config"] == asdict(cfg) and ckpt["n_studies"] == len(studies):
+        if _same_run(ckpt["config"], asdict(cfg)) and ckpt["n_studies"] == len(studies):
             model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             rng.setstate(ckpt["python_rng"])

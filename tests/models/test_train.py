@@ -85,3 +85,13 @@ def test_scrub_report_removes_identifiers_and_keeps_findings(text, leaked):
     out = scrub_report(text)
     assert leaked not in out
     assert "nodule" in out.lower() or "结节" in out
+
+
+def test_a_larger_step_count_extends_a_finished_run(phantom_studies, tmp_path, caplog):
+    import logging
+
+    train(phantom_studies, tmp_path, TrainConfig(seed=6, **{**TINY, "steps": 1}), progress=False)
+    with caplog.at_level(logging.INFO, logger="medsearch.models.train"):
+        summary = train(phantom_studies, tmp_path, TrainConfig(seed=6, **TINY), progress=False)
+    assert "resuming from step 1" in caplog.text
+    assert summary["steps"] == 2
