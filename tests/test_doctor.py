@@ -9,7 +9,7 @@ from medsearch.store.db import downgrade
 
 def doctor(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "doctor", "--json"])
-    return result.exit_code, json.loads(result.output) if result.output.startswith("{") else result.output
+    return result.exit_code, json.loads(result.stdout) if result.stdout.startswith("{") else result.output
 
 
 def check(report, name):

@@ -41,10 +41,12 @@ def new_index(inst, fresh: bool = False):
     from medsearch.index.dbsync import stored_vectors
 
     inst.index_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    # a weak reference: the cache maps instance -> index weakly, so the index must not keep the instance alive
+    owner = weakref.ref(inst)
     return FaissIndex(kind=settings.index_kind, flat_threshold=settings.index_flat_threshold,
                       memory_budget_mb=settings.index_memory_budget_mb,
                       target_recall=settings.index_target_recall,
-                      source=lambda: stored_vectors(inst), path=index_path(inst),
+                      source=lambda: stored_vectors(owner()), path=index_path(inst),
                       master_key=inst.keyring.master_key)
 
 

@@ -18,7 +18,7 @@ from medsearch.store.models import Patient, Volume
 
 def doctor_index(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "doctor", "--json"])
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     return next(c for c in report["checks"] if c["name"] == "index")
 
 

@@ -119,4 +119,4 @@ def test_erase_cli(sqlite_instance, populate_instance):
     missing = runner.invoke(cli, [*home, "erase", victim, "--reason", "again", "--yes"])
     assert missing.exit_code == 8 and "pseudonym" in missing.output
     status = runner.invoke(cli, [*home, "index", "status", "--json"])
-    assert json.loads(status.output)["count"] == 2
+    assert json.loads(status.stdout)["count"] == 2

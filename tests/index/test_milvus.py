@@ -85,5 +85,5 @@ def test_instance_on_milvus_backend(sqlite_instance, populate_instance):
     cfg = sqlite_instance.config_file
     cfg.write_text(cfg.read_text() + 'index_backend = "milvus"\n')
     result = CliRunner().invoke(cli, ["--home", str(sqlite_instance.home), "doctor", "--json"])
-    check = next(c for c in json.loads(result.output)["checks"] if c["name"] == "index")
+    check = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "index")
     assert check["status"] == "ok" and "milvus index of 4 vectors" in check["detail"]
