@@ -87,7 +87,10 @@ def sample_acquisition(rng: np.random.Generator, matrix: int, body_width: float,
     sharp = bool(rng.random() < 0.65)
     fov = float(np.clip(body_width + rng.uniform(25, 110), 0.6 * 512, 0.9 * 512))
     pixel = round(fov / matrix, 6)
-    thick = float(rng.choice(THICKNESSES[matrix]))
+    choices = THICKNESSES[matrix]
+    # At the default (small) matrix, favour the thick end: generation time scales with the slice count.
+    weights = np.array([2.0 if (matrix == 128 and t >= 5.0) else 1.0 for t in choices])
+    thick = float(rng.choice(choices, p=weights / weights.sum()))
     spacing = thick if not (matrix == 512 and rng.random() < 0.3) else round(thick * 0.8, 3)
     kvp = int(rng.choice([100, 110, 120, 120, 130, 140]))
     mas = int(rng.integers(30, 250))
