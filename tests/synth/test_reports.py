@@ -1,6 +1,5 @@
 """Reports name every finding, in both languages, and never contradict one."""
 
-
 from medsearch.synth.reports import NEGATIVES, TYPE_TERMS_EN, TYPE_TERMS_ZH, sentence_en, sentence_zh
 
 
