@@ -19,7 +19,7 @@ ROOT = Path.cwd()
 HOME = Path(os.environ.get("MEDSEARCH_HOME") or ROOT / "instance")
 ARCHIVE = ROOT / "demo-archive"
 DEMO_USER = "demo"
-STUDIES = os.environ.get("MEDSEARCH_DEMO_STUDIES", "40")
+STUDIES = os.environ.get("DEMO_STUDIES", "40")  # not MEDSEARCH_*: those must be settings
 
 
 def _run(args: list[str]) -> None:
