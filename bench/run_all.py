@@ -26,7 +26,7 @@ POOL = HERE / "results" / "pool_9001"
 
 def _pool_args(quick: bool) -> list[str]:
     if not (POOL / "labels.jsonl").exists():
-        n = "60" if quick else "200"
+        n = "60" if quick else "1000"
         subprocess.run([sys.executable, "-m", "medsearch.cli", "synth", str(POOL), "--studies", n,
                         "--seed", "9001"], check=True)
     return ["--pool", str(POOL)]
@@ -37,6 +37,7 @@ BENCHES = {
     "parse": lambda q: ["--repeats", "5", "--reports", "100"] if q else [],
     "ingest": lambda q: ["--studies", "3", "--repeats", "2"] if q else [],
     "model": lambda q: _pool_args(q) + (["--repeats", "3"] if q else []),
+    "model_compare": lambda q: ["--batch-size", "2"] if q else [],
     "index": lambda q: ["--quick"] if q else [],
     "search": lambda q: ["--series", "10000", "--studies", "12", "--skip-quality"] if q else [],
     "scp": lambda q: ["--instances", "50", "--matrix", "256", "--repeats", "3"] if q else [],

@@ -266,24 +266,46 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 
 # --------------------------------------------------------------------------- model and search
 @cli.command()
-@click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True,
-              multiple=True, help="Synthetic archive or hospital DICOM tree (repeat for several).")
+@click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), multiple=True,
+              help="Hospital DICOM tree or synthetic archive whose reports/labels train the model (repeatable).")
 @click.option("--reports", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reports (CSV/JSONL keyed by accession number) for a hospital archive.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder.")
-@click.option("--steps", default=1500, show_default=True, help="Optimisation steps.")
-@click.option("--batch-size", default=16, show_default=True, help="Studies per step.")
+@click.option("--steps", default=None, type=int,
+              help="Optimisation steps of the image tower (default: 900 for ctseg, 1500 otherwise).")
+@click.option("--batch-size", default=None, type=int, help="Studies per step (default: 6 for ctseg, 16 otherwise).")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
-@click.option("--arch", default="ctnet", show_default=True, type=click.Choice(["ctnet", "resnet10"]),
-              help="Image-tower architecture.")
+@click.option("--arch", default="ctseg", show_default=True, type=click.Choice(["ctseg", "ctnet", "resnet10"]),
+              help="Model: ctseg (U-Net image tower with finding slots, shipped) or a CLIP-style dual encoder.")
 @click.option("--synth-seed", "synth_seeds", type=int, multiple=True,
-              help="Seed of each synthetic archive (recorded; evaluation seeds 9000-9999 are refused).")
-def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds):
-    """Train the image and text towers (and reranker) contrastively."""
+              help="ctseg: generate synthetic training studies with voxel targets from this seed (repeatable); "
+                   "other archs: the seed of each synthetic --archive, recorded. Seeds 9000-9999 are refused.")
+@click.option("--synth-studies", default=600, show_default=True,
+              help="ctseg: synthetic studies generated per --synth-seed.")
+@click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
+def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers):
+    """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
+    if arch == "ctseg":
+        from medsearch.models.train_seg import SegConfig
+        from medsearch.models.train_slots import SlotTrainConfig, train_ctseg
+
+        seg = SegConfig(steps=steps or 900, batch_size=batch_size or 6, seed=seed)
+        summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
+                              SlotTrainConfig(seg=seg, seed=seed), workers=workers)
+        proj = summary["projection"]
+        chosen = proj["tuned"] if proj["kept"] else proj["identity"]
+        click.echo(f"trained ctseg in {summary['seconds']:.0f} s: image tower {summary['image']['steps']} steps, "
+                   f"validation slot F1 {summary['image'].get('slot_f1', float('nan')):.3f}; clause head type "
+                   f"accuracy {summary['clause']['type']:.3f}; validation report->volume R@10 "
+                   f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
+                   f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
+        return
+    if not archive:
+        raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives
 
     summary = train_archives(list(archive), out, reports,
-                             TrainConfig(arch=arch, steps=steps, batch_size=batch_size, seed=seed),
+                             TrainConfig(arch=arch, steps=steps or 1500, batch_size=batch_size or 16, seed=seed),
                              synth_seeds=list(synth_seeds))
     click.echo(f"trained {summary['steps']} steps on {summary['train_studies']} studies "
                f"({summary['val_studies']} held out) in {summary['seconds']:.0f} s: loss {summary['loss']:.3f}, "

@@ -25,6 +25,9 @@ CANONICAL_SHAPE: tuple[int, int, int] = (48, 80, 80)
 CANONICAL_SPACING: tuple[float, float, float] = (6.5, 4.3, 4.3)
 #: (low, high) HU of each input channel: lung window (W1500/L-600) and mediastinal window (W400/L40).
 WINDOWS: tuple[tuple[float, float], ...] = ((-1350.0, 150.0), (-160.0, 240.0))
+#: The ctseg tower's windows: lung and mediastinal, then three narrow ones that make the attenuation
+#: of each kind of finding a first-layer feature: air and emphysema, ground glass, fluid and soft tissue.
+SEG_WINDOWS: tuple[tuple[float, float], ...] = WINDOWS + ((-1050.0, -800.0), (-800.0, -250.0), (-60.0, 100.0))
 #: Value that the canonical grid is padded with (air).
 AIR_HU = -1024.0
 

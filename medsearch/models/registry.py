@@ -48,7 +48,6 @@ class Encoder:
     """A loaded model: image side, text projection and (lazily) MiniLM."""
 
     def __init__(self, model_dir: Path, int8: bool = False, threads: int | None = None):
-        from medsearch.models.dual import DualEncoder
         from medsearch.models.train import CONFIG_FILE, MODEL_FILE
 
         model_dir = Path(model_dir)
@@ -60,7 +59,7 @@ class Encoder:
         weights = (model_dir / MODEL_FILE).read_bytes()
         self.model_version = f"{self.config['arch']}-{hashlib.sha256(weights).hexdigest()[:12]}" + (
             "-int8" if int8 else "")
-        model = DualEncoder(self.config["arch"], self.config["dim"])
+        model = build_model(self.config["arch"], self.config["dim"])
         state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in state.items()})
         model.eval()
@@ -104,11 +103,18 @@ class Encoder:
         canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
         x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
         out = self.model.encode_image(x)
+        z, y, x_ = canon.shape
+        if self.config["arch"] == "ctseg":
+            from medsearch.models.slot_findings import decode
+
+            findings = decode(out["maps"][0], affine, vol.affine, vol.hu.shape, vol.hu, out["presence"][0])
+            spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()
+            return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),
+                                 spatial.numpy().astype(np.float16), findings, self.model_version, (x_, y, z), affine)
         findings = []
         for f in decode_findings({k: out[k][0] for k in ("presence", "density", "size")}):
             findings.append({**f, "finding_type": f["type"], "key_slice": None, "bbox": None})
         spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()  # (C, z, y, x) -> (C, X, Y, Z)
-        z, y, x_ = canon.shape
         return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),
                              spatial.numpy().astype(np.float16), findings, self.model_version,
                              (x_, y, z), affine)
@@ -116,6 +122,18 @@ class Encoder:
     @torch.no_grad()
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Canonical phrases -> float32 (N, D), L2-normalised."""
+        if self.config["arch"] == "ctseg":
+            # each clause (one finding) on its own; the text is the sum of its findings
+            from medsearch.models.clauses import split_clauses
+
+            clauses, owner = [], []
+            for i, text in enumerate(texts):
+                for c in split_clauses(text):
+                    clauses.append(c)
+                    owner.append(i)
+            feats = self.minilm(clauses) if clauses else torch.zeros(0, 384)
+            return self.model.encode_clauses(feats, torch.tensor(owner, dtype=torch.long), len(texts)) \
+                .numpy().astype(np.float32)
         return self.model.encode_text(self.minilm(list(texts))).numpy().astype(np.float32)
 
     def encode_text(self, text: str) -> np.ndarray:
@@ -125,6 +143,18 @@ class Encoder:
 
             raise InputError("The text to encode is empty.", "Pass a non-empty canonical phrase.")
         return self.encode_texts([text])[0]
+
+
+def build_model(arch: str, dim: int) -> torch.nn.Module:
+    """An untrained model of ``arch``: "ctseg" (U-Net and finding slots, shipped) or a CLIP-style
+    dual encoder ("ctnet", "resnet10")."""
+    if arch == "ctseg":
+        from medsearch.models.slot_model import SlotModel
+
+        return SlotModel(dim)
+    from medsearch.models.dual import DualEncoder
+
+    return DualEncoder(arch, dim)
 
 
 def model_dir_for(inst) -> Path:

@@ -23,32 +23,55 @@ def _volume() -> HUVolume:
     return HUVolume(hu, (5.0, 4.0, 4.0), np.diag([4.0, 4.0, 5.0, 1.0]), "CT")
 
 
+def _save_untrained(arch: str, folder):
+    torch.manual_seed(0)
+    if arch == "ctseg":
+        from medsearch.models.slot_model import SlotModel
+        from medsearch.models.train_slots import save_slot_model
+
+        save_slot_model(SlotModel(), folder, {"note": "untrained, for interface tests"})
+    else:
+        save_model(DualEncoder(arch).eval(), folder, {"note": "untrained, for interface tests"})
+    return folder
+
+
+@pytest.fixture(scope="module", params=["ctseg", "ctnet"])
+def any_untrained_dir(request, tmp_path_factory):
+    return _save_untrained(request.param, tmp_path_factory.mktemp(request.param))
+
+
 @pytest.fixture(scope="module")
 def untrained_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("model")
-    save_model(DualEncoder().eval(), folder, {"note": "untrained, for interface tests"})
-    return folder
+    return _save_untrained("ctnet", tmp_path_factory.mktemp("model"))
+
+
+_SPATIAL_CHANNELS = {"ctseg": 15, "ctnet": 64, "resnet10": 64}
+_DIM = {"ctseg": 512, "ctnet": 256, "resnet10": 256}
 
 
 def _check_encoded(enc, vol):
     out = enc.encode_volume(vol)
-    assert out.embedding.dtype == np.float32 and out.embedding.shape == (enc.dim,) == (256,)
+    arch = enc.config["arch"]
+    assert out.embedding.dtype == np.float32 and out.embedding.shape == (enc.dim,) == (_DIM[arch],)
     assert abs(float(np.linalg.norm(out.embedding)) - 1) < 1e-4
-    assert out.spatial.dtype == np.float16 and out.spatial.ndim == 4 and out.spatial.shape[0] == 64
+    assert out.spatial.dtype == np.float16 and out.spatial.ndim == 4
+    assert out.spatial.shape[0] == _SPATIAL_CHANNELS[arch]
     assert out.canon_shape == (80, 80, 48) and out.canon_affine.shape == (4, 4)
     for f in out.findings:
-        assert {"type", "finding_type", "site", "laterality", "density", "size_mm", "probability"} <= set(f)
+        assert {"type", "finding_type", "site", "laterality", "density", "size_mm", "probability", "key_slice",
+                "bbox"} <= set(f)
+        if arch == "ctseg":
+            assert 0 <= f["key_slice"] < vol.hu.shape[0] and len(f["bbox"]) == 4
     assert out.model_version
     return out
 
 
 @pytest.mark.parametrize("int8", [False, True])
-def test_encoder_interface(untrained_dir, int8):
-    enc = registry.Encoder(untrained_dir, int8=int8)
+def test_encoder_interface(any_untrained_dir, int8):
+    enc = registry.Encoder(any_untrained_dir, int8=int8)
     out = _check_encoded(enc, _volume())
     vec = enc.encode_text("right lower lobe 8 mm solid nodule")
-    assert vec.dtype == np.float32 and vec.shape == (256,)
+    assert vec.dtype == np.float32 and vec.shape == (enc.dim,)
     assert abs(float(np.linalg.norm(vec)) - 1) < 1e-4
     assert out.model_version.endswith("-int8") == int8
 
@@ -68,7 +91,8 @@ def test_shipped_model_loads_encodes_and_fits_the_budget():
     assert all(f.exists() for f in files)
     assert sum(f.stat().st_size for f in files) <= 15 * 1024 * 1024
     config = json.loads(files[1].read_text())
-    assert config["train"]["steps"] > 0 and config["summary"]["steps"] == config["train"]["steps"]
+    assert config["arch"] == "ctseg"
+    assert config["train"]["seg"]["steps"] > 0 and config["summary"]["image"]["steps"] == config["train"]["seg"]["steps"]
     enc = registry.load_encoder(registry.DEFAULT_MODEL_DIR, int8=False)
     _check_encoded(enc, _volume())
 

@@ -1,0 +1,100 @@
+"""The image tower ``ctseg``: a small 3-D U-Net from MONAI blocks with voxel-level heads.
+
+It sees the windowed canonical volume plus three coordinate channels (so a
+voxel knows where it is in the chest: the lobes of the synthetic and of real
+anatomy are largely a matter of position) and predicts, on a grid of half the
+canonical resolution, per voxel:
+
+- ``region`` logits (6): outside the lungs, or one of :data:`medsearch.vocab.LOBES`;
+- ``types`` logits (T = len(FINDING_TYPES)): a finding of that type lies here (multi-label);
+- ``density`` logits (4, :data:`medsearch.vocab.DENSITIES`);
+- ``logsize`` (1): log of the diameter (mm) of the finding that lies here.
+
+The study-level attributes and the embedding are computed from these maps by
+:mod:`medsearch.models.slots`; the maps themselves train on the synthetic
+archive's masks (:mod:`medsearch.models.dense_data`), which is what lets a CPU
+learn the task in minutes rather than days.
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+from torch.nn import functional as F
+
+from medsearch import vocab
+
+N_REGIONS = 1 + len(vocab.LOBES)
+N_TYPES = len(vocab.FINDING_TYPES)
+N_DENSITIES = len(vocab.DENSITIES)
+#: Output channels: region, types, density, logsize.
+HEAD_SPLIT = (N_REGIONS, N_TYPES, N_DENSITIES, 1)
+
+
+def _coords(x: torch.Tensor) -> torch.Tensor:
+    """Three channels of normalised (z, y, x) position in [-1, 1], shaped like ``x``'s grid."""
+    b, _, z, y, w = x.shape
+    axes = [torch.linspace(-1.0, 1.0, n, device=x.device, dtype=x.dtype) for n in (z, y, w)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))
+    return grid[None].expand(b, -1, -1, -1, -1)
+
+
+class _Down(nn.Sequential):
+    """One residual unit that halves the grid."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__(ResidualUnit(3, cin, cout, strides=2, subunits=2, norm="batch", act="relu"))
+
+
+class _Up(nn.Module):
+    """Trilinear upsampling to the skip's grid, concatenation, one residual unit."""
+
+    def __init__(self, cin: int, cskip: int, cout: int):
+        super().__init__()
+        self.unit = ResidualUnit(3, cin + cskip, cout, strides=1, subunits=2, norm="batch", act="relu")
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+        return self.unit(torch.cat([x, skip], dim=1))
+
+
+class SegEncoder(nn.Module):
+    """3-D U-Net (MONAI ``Convolution`` + ``ResidualUnit``) with voxel-level heads.
+
+    Args:
+        in_channels: image channels (5: the windows of ``preprocess.SEG_WINDOWS``); three
+            coordinate channels are added inside.
+        widths: channels at 1/2, 1/4, 1/8 and 1/16 of the input grid.
+
+    Shapes:
+        input (B, in_channels, Z, Y, X), e.g. (B, 5, 48, 80, 80);
+        returns ``maps`` (B, sum(HEAD_SPLIT), Z/2, Y/2, X/2), e.g. (B, 20, 24, 40, 40), the raw
+        head outputs (split them with :data:`HEAD_SPLIT`), and ``pooled`` (B, 2 * widths[-1]),
+        the mean and max of the bottleneck (global context, for diagnostics).
+    """
+
+    def __init__(self, in_channels: int = 5, widths: tuple[int, int, int, int] = (16, 32, 64, 96)):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.stem = Convolution(3, in_channels + 3, w1, strides=2, kernel_size=3, norm="batch", act="relu")
+        self.enc1 = ResidualUnit(3, w1, w1, strides=1, subunits=2, norm="batch", act="relu")
+        self.down2, self.down3, self.down4 = _Down(w1, w2), _Down(w2, w3), _Down(w3, w4)
+        self.up3, self.up2, self.up1 = _Up(w4, w3, w3), _Up(w3, w2, w2), _Up(w2, w1 + 3, w1)
+        self.head = nn.Conv3d(w1, sum(HEAD_SPLIT), kernel_size=1)
+        # per-type calibration of slot presence from voxel counts (medsearch.models.slots.image_slots)
+        self.presence_scale = nn.Parameter(torch.full((N_TYPES,), 3.0))
+        self.presence_offset = nn.Parameter(torch.zeros(N_TYPES))
+        self.pooled_dim = 2 * w4
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([x, _coords(x)], dim=1)
+        s1 = self.enc1(self.stem(x))
+        s2 = self.down2(s1)
+        s3 = self.down3(s2)
+        s4 = self.down4(s3)
+        # the coordinates again at the last stage, where the heads decide which lobe a voxel is in
+        c1 = _coords(s1)
+        h = self.up1(self.up2(self.up3(s4, s3), s2), torch.cat([s1, c1], dim=1))
+        pooled = torch.cat([s4.mean(dim=(2, 3, 4)), s4.amax(dim=(2, 3, 4))], dim=1)
+        return self.head(h), pooled

@@ -1,0 +1,98 @@
+"""The ``ctseg`` dual encoder: U-Net image tower, clause head, shared projection.
+
+Image side: :class:`~medsearch.models.image_tower_seg.SegEncoder` voxel maps ->
+finding slots (:func:`~medsearch.models.slots.image_slots`) -> attribute vector.
+Text side: each clause of the canonical text through frozen MiniLM and the
+:class:`~medsearch.models.clause_head.ClauseHead` -> slots -> attribute vector,
+summed over the text's clauses.  Both vectors go through one trained linear
+projection (initialised as the identity, then tuned with InfoNCE) and are
+L2-normalised; the similarity is the inner product, as for every model here.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from medsearch.models.clause_head import ClauseHead
+from medsearch.models.image_tower_seg import HEAD_SPLIT, SegEncoder
+from medsearch.models.slots import ATTR_DIM, T, attribute_vector, clause_slots, image_slots, sum_by_owner
+
+#: Embedding width: the attribute vector (plus its "normal" entry) fits in it unprojected.
+SLOT_DIM = 512
+#: Attribute vector plus one "no finding" entry.
+FULL_ATTR_DIM = ATTR_DIM + 1
+#: Pooling of the half-resolution maps into the stored spatial map (z, y, x).
+SPATIAL_POOL = (2, 4, 4)
+
+
+def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
+    """Append the "no finding" entry, 1 - (how surely something is there), clipped to [0, 1]."""
+    return torch.cat([attr, (1.0 - finding_mass).clamp(0.0, 1.0)[:, None]], dim=1)
+
+
+class SlotModel(nn.Module):
+    """Image tower, clause head and the shared projection of ``ctseg``.
+
+    Args:
+        dim: embedding width (256-512; the attribute vector has FULL_ATTR_DIM entries).
+
+    Shapes:
+        ``encode_image(x)``: x (B, 2, Z, Y, X) -> dict ``embedding`` (B, dim), ``maps``
+        (B, 20, Z/2, Y/2, X/2), slot ``presence`` (B, T, L), ``density`` (B, T, L, D), ``size`` (B, T, L, Z),
+        ``attributes`` (B, FULL_ATTR_DIM) and ``spatial`` (B, 15, Z/4, Y/8, X/8): type and region
+        probabilities pooled for storage;
+        ``encode_clauses(feats, owner, n)``: MiniLM vectors (N, 384) of N clauses, the text each belongs
+        to (N,), n texts -> (n, dim).
+    """
+
+    arch = "ctseg"
+
+    def __init__(self, dim: int = SLOT_DIM):
+        super().__init__()
+        self.image = SegEncoder()
+        self.clause = ClauseHead()
+        self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
+        with torch.no_grad():
+            self.proj.weight.zero_()
+            n = min(dim, FULL_ATTR_DIM)
+            self.proj.weight[:n, :n] = torch.eye(n)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        self.dim = dim
+
+    def project(self, attr: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(attr), dim=-1)
+
+    def image_attributes(self, slots: dict[str, torch.Tensor]) -> torch.Tensor:
+        attr = attribute_vector(slots["presence"], slots["density"], slots["size"])
+        return with_normal(attr, attr[:, :T].amax(dim=1))
+
+    def encode_image(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        maps, _ = self.image(x)
+        out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset))
+        out["maps"] = maps
+        out["attributes"] = self.image_attributes(out)
+        out["embedding"] = self.project(out["attributes"])
+        nr, nt = HEAD_SPLIT[0], HEAD_SPLIT[1]
+        probs = torch.cat([torch.sigmoid(maps[:, nr:nr + nt]), torch.softmax(maps[:, :nr], dim=1)], dim=1)
+        out["spatial"] = F.max_pool3d(probs, SPATIAL_POOL, ceil_mode=True)
+        return out
+
+    def clause_attributes(self, feats: torch.Tensor) -> torch.Tensor:
+        """Attribute vectors (N, ATTR_DIM) of clauses from their MiniLM vectors."""
+        logits = self.clause(feats)
+        slots = clause_slots(torch.softmax(logits["type"], dim=-1), torch.sigmoid(logits["lobes"]),
+                             torch.sigmoid(logits["density"]), torch.sigmoid(logits["size"]))
+        return attribute_vector(slots["presence"], slots["density"], slots["size"])
+
+    def text_attributes(self, feats: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+        """Attribute vectors (n, FULL_ATTR_DIM) of n texts from the MiniLM vectors of their clauses."""
+        attr = sum_by_owner(self.clause_attributes(feats), owner, n) if len(feats) else \
+            torch.zeros(n, ATTR_DIM)
+        return with_normal(attr, attr[:, :T].sum(dim=1))
+
+    def encode_clauses(self, feats: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+        return self.project(self.text_attributes(feats, owner, n))

@@ -1,0 +1,97 @@
+"""Training of the ctseg model: determinism, resume, the three stages end to end (tiny sizes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsearch.models import registry
+from medsearch.models.train_seg import CHECKPOINT, DenseSet, SegConfig, train_image
+from medsearch.models.train_slots import SlotTrainConfig, dense_from_studies, train_ctseg
+
+TINY = dict(steps=2, batch_size=2, warmup=1, eval_every=2, checkpoint_every=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_set(phantom_studies) -> DenseSet:
+    data = dense_from_studies(phantom_studies[:6])
+    # voxel targets for half of them: a "nodule" bit where the phantom is bright inside the lungs
+    data.dense[:3] = True
+    data.types[:3] = (np.stack([s.hu[1::2, 1::2, 1::2] for s in phantom_studies[:3]]) > -200).astype(np.int16)
+    return data
+
+
+def _image_weights(model):
+    return {k: v.clone() for k, v in model.image.state_dict().items()}
+
+
+def _same(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_image_stage_is_deterministic_and_resumes(tiny_set, tmp_path):
+    from medsearch.models.slot_model import SlotModel
+
+    runs = {}
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        torch.manual_seed(0)
+        model = SlotModel()
+        train_image(model, tiny_set, tiny_set.subset([0, 1]), tmp_path / name, SegConfig(seed=seed, **TINY),
+                    progress=False)
+        runs[name] = _image_weights(model)
+    assert _same(runs["a"], runs["b"]) and not _same(runs["a"], runs["c"])
+    torch.manual_seed(0)
+    model = SlotModel()
+    train_image(model, tiny_set, None, tmp_path / "r", SegConfig(seed=1, **TINY), progress=False, stop_after=1)
+    assert (tmp_path / "r" / CHECKPOINT).exists()
+    torch.manual_seed(0)
+    model = SlotModel()
+    summary = train_image(model, tiny_set, None, tmp_path / "r", SegConfig(seed=1, **TINY), progress=False)
+    assert summary["steps"] == 2 and _same(_image_weights(model), runs["a"])
+
+
+def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
+    from medsearch.dicom.volume import HUVolume
+    from medsearch.synth import generate_study
+
+    cfg = SlotTrainConfig(seg=SegConfig(steps=2, batch_size=2, warmup=1, eval_every=2), clause_examples=300,
+                          clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=1)
+    summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1)
+    assert summary["image"]["steps"] == 2 and 0 <= summary["clause"]["type"] <= 1
+    assert set(summary["projection"]) >= {"identity", "tuned", "kept"}
+    assert set(summary["reranker"]["keep"]) == {"phrase", "report"} and (tmp_path / "m" / "reranker.pt").exists()
+    enc = registry.Encoder(tmp_path / "m")
+    assert enc.config["arch"] == "ctseg" and len(enc.config["train_study_keys"]) == 6
+    study = generate_study(1003, 0)
+    out = enc.encode_volume(HUVolume(study.hu, study.spacing, study.affine, "CT"))
+    assert out.embedding.shape == (enc.dim,)
+    assert enc.encode_texts(["right upper lobe 8 mm nodule, left pleural effusion", "no abnormality"]).shape == \
+        (2, enc.dim)
+
+
+def test_training_refuses_evaluation_seeds(tmp_path):
+    from medsearch.errors import InputError
+
+    with pytest.raises(InputError, match="reserved for evaluation"):
+        train_ctseg(tmp_path, [9001], 4, progress=False)
+
+
+def test_training_needs_studies(tmp_path):
+    from medsearch.errors import InputError
+
+    with pytest.raises(InputError, match="at least 4 studies"):
+        train_ctseg(tmp_path, [], 0, progress=False)
+
+
+def test_presence_calibration_only_lowers_the_training_loss(tiny_set):
+    from medsearch.models.slot_model import SlotModel
+    from medsearch.models.train_slots import calibrate_presence
+
+    torch.manual_seed(0)
+    model = SlotModel()
+    before = model.image.presence_offset.detach().clone()
+    out = calibrate_presence(model, tiny_set, steps=60)
+    assert out["bce_after"] <= out["bce_before"] + 1e-6
+    assert not torch.equal(before, model.image.presence_offset.detach())
+    assert 0.0 <= out["slot_f1"] <= 1.0 and out["studies"] == len(tiny_set)
