@@ -192,8 +192,13 @@ def _text_features(inst, canonical: str, want_tokens: bool):
         hidden = minilm.bert(**tok).last_hidden_state
         mask = tok["attention_mask"]
         w = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * w).sum(1) / w.sum(1).clamp(min=1e-6)
-        vector = model.encode_text(pooled)[0].float().numpy()
+        if hasattr(model, "encode_text"):
+            pooled = (hidden * w).sum(1) / w.sum(1).clamp(min=1e-6)
+            vector = model.encode_text(pooled)[0].float().numpy()
+    if not hasattr(model, "encode_text"):
+        # ctseg encodes each clause of the canonical text on its own (models.slot_model); the whole
+        # phrase's token states still feed the reranker
+        vector = enc.encode_text(canonical)
     return vector, hidden, mask.bool()
 
 

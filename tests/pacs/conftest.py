@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -24,7 +26,11 @@ def free_port() -> int:
 
 
 def dcmtk(tool: str) -> str:
-    path = shutil.which(tool)
+    # pynetdicom installs Python tools with dcmtk's names (echoscu, storescu...) into the virtualenv's bin;
+    # the peers under test are dcmtk's, so the virtualenv's bin is left out of the search
+    venv_bin = (Path(sys.prefix) / "bin").resolve()
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    path = shutil.which(tool, path=os.pathsep.join(dirs))
     if path is None:
         pytest.fail(f"dcmtk's {tool} is not installed; run 'bash tests/system_deps.sh' (package dcmtk).",
                     pytrace=False)
