@@ -56,8 +56,10 @@ def check_seed_disjoint(train_seeds, eval_seeds=EVAL_SEEDS) -> None:
 def encode_studies(encoder, studies: list[Study], batch: int = 8, progress: bool = False) -> np.ndarray:
     """Image embeddings (N, D) of canonical volumes, through the model's image side."""
     out = []
+    windows = encoder.config.get("windows_hu") or None  # the model's own input channels (ctseg has five)
     for i in tqdm(range(0, len(studies), batch), desc="encode", disable=not progress):
-        x = torch.stack([hu_windows(torch.from_numpy(s.hu.astype(np.float32))) for s in studies[i:i + batch]])
+        x = torch.stack([hu_windows(torch.from_numpy(s.hu.astype(np.float32)), *([windows] if windows else []))
+                         for s in studies[i:i + batch]])
         out.append(encoder.encode_image_tensor(x)["embedding"].numpy())
     return np.concatenate(out).astype(np.float32)
 

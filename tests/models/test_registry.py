@@ -119,3 +119,11 @@ def test_flat_volume_is_refused(untrained_dir):
     vol = HUVolume(np.zeros((1, 8, 8), np.float32), (1.0, 1.0, 1.0), np.eye(4), "CT")
     with pytest.raises(InputError, match="at least 2 slices"):
         registry.Encoder(untrained_dir).encode_volume(vol)
+
+
+def test_evaluation_encodes_with_the_models_own_input_windows(any_untrained_dir, phantom_studies):
+    from medsearch.models.evaluate import encode_studies
+
+    enc = registry.Encoder(any_untrained_dir)
+    emb = encode_studies(enc, phantom_studies[:2])
+    assert emb.shape == (2, enc.dim) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
