@@ -283,15 +283,19 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 @click.option("--synth-studies", default=600, show_default=True,
               help="ctseg: synthetic studies generated per --synth-seed.")
 @click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
-def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers):
+@click.option("--init", "init_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="ctseg: start from this model's weights (fine-tuning, e.g. the bundled model on a hospital's "
+                   "archive); parts whose shape differs start fresh. The learning rate drops to 1e-3.")
+def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir):
     """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
     if arch == "ctseg":
         from medsearch.models.train_seg import SegConfig
         from medsearch.models.train_slots import SlotTrainConfig, train_ctseg
 
-        seg = SegConfig(steps=steps or 900, batch_size=batch_size or 6, seed=seed)
+        seg = SegConfig(steps=steps or 900, batch_size=batch_size or 6, seed=seed,
+                        **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
-                              SlotTrainConfig(seg=seg, seed=seed), workers=workers)
+                              SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir)
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
         click.echo(f"trained ctseg in {summary['seconds']:.0f} s: image tower {summary['image']['steps']} steps, "
@@ -300,6 +304,8 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
         return
+    if init_dir:
+        raise click.UsageError("--init applies to --arch ctseg only.")
     if not archive:
         raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives

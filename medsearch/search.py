@@ -15,7 +15,8 @@ Steps of :func:`search` (issue 7, the seed's coarse-to-fine path):
 6. rerank the best ``RERANK_DEPTH`` with the cross-attention model
    (:mod:`medsearch.models.reranker`) when one is installed and was kept (it is
    kept only where it beat the dual tower, see docs/index-and-search.md);
-   its attention gives the key slice and region (:mod:`medsearch.models.localize`);
+   its attention gives the key slice and region (:mod:`medsearch.models.localize`) where no predicted
+   finding located one; without it, the stored type and region maps conditioned on the query's findings do;
 7. combine global, region and attribute scores with weights adapted to the
    query's complexity;
 8. aggregate series to studies (a study scores as its best series);
@@ -235,20 +236,35 @@ def _score(cands: list[_Cand], w: dict[str, float]) -> None:
         c.score = (w["global"] * c.global_ + w["attributes"] * c.match.score + wr * region) / total
 
 
-def _key_slice(inst, c: _Cand, located: dict) -> tuple[int | None, list[int] | None]:
-    """Key slice and region: from the best-matching predicted finding, else the heatmap, else the middle slice."""
+def _wanted_slots(parsed: dict | None) -> list[tuple[int, np.ndarray]]:
+    """(finding-type index, lobe weights) of the query's positive findings whose type the image tower knows."""
+    from medsearch import vocab
+    from medsearch.models.localize import query_lobe_weights
+
+    if not parsed:
+        return []
+    pos, _neg = search_match.query_findings(parsed)
+    return [(vocab.FINDING_TYPES.index(q["concept"]), query_lobe_weights(q.get("site"), q.get("laterality")))
+            for q in pos if q["concept"] in vocab.FINDING_TYPES]
+
+
+def _key_slice(inst, c: _Cand, located: dict, wanted=()) -> tuple[int | None, list[int] | None]:
+    """Key slice and region, from the first of: the best-matching predicted finding; the reranker's
+    heatmap; the query-conditioned heatmap of the stored type and region maps (``wanted``, ctseg);
+    the middle slice."""
     for best in c.match.best:
         if best is not None and best.get("id") in located:
             key, bbox = located[best["id"]]
             return int(key), bbox
     shape = c.row.get("shape") or None
-    if c.heat is not None:
-        from medsearch.models.localize import localize
+    if c.heat is not None or wanted:
+        from medsearch.models.localize import localize, slot_heatmap
         from medsearch.models.spatial_store import load_spatial
 
         rec = load_spatial(inst, c.row["series"])
-        if rec is not None:
-            return localize(c.heat, rec.canon_shape, rec.canon_affine, rec.native_affine, rec.native_shape)
+        heat = None if rec is None else (c.heat if c.heat is not None else slot_heatmap(rec.spatial, wanted))
+        if heat is not None:
+            return localize(heat, rec.canon_shape, rec.canon_affine, rec.native_affine, rec.native_shape)
     if shape:
         z, y, x = (int(n) for n in shape)
         return z // 2, [0, 0, x - 1, y - 1]
@@ -261,11 +277,13 @@ def _components(c: _Cand, w: dict[str, float]) -> dict:
             "attributes": round(c.match.score, 6), "weights": w}
 
 
-def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float], heat_from=None) -> tuple[list[dict], int]:
+def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float], heat_from=None,
+               parsed: dict | None = None) -> tuple[list[dict], int]:
     """Series -> studies (best series per study), top k as result dicts; also the number of studies.
 
     ``heat_from`` = (reranker, canonical, tokens): the shown results that were not reranked still get the
     reranker's heatmap for their key slice (localisation is a separate use from ranking; k maps are cheap).
+    ``parsed`` (the query's parse) conditions the stored maps' heatmap where neither is available.
     """
     best: dict[str, _Cand] = {}
     for c in sorted(cands, key=lambda c: (-c.score, c.vector_id)):
@@ -278,9 +296,10 @@ def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float], heat_from=
     with inst.sessions() as s:
         located = search_rules.finding_locations(
             s, [b["id"] for c in top for b in c.match.best if b is not None and "id" in b])
+    wanted = _wanted_slots(parsed)
     results = []
     for c in top:
-        key, region = _key_slice(inst, c, located)
+        key, region = _key_slice(inst, c, located, wanted)
         date = c.row.get("study_date")
         results.append({
             "study": c.row["study"], "series": c.row["series"], "score": round(float(c.score), 6),
@@ -352,7 +371,7 @@ def _rank(inst, parsed: dict, canonical: str | None, vector, k: int, filters: di
             c.score = min(c.score, floor - 1e-6)
     # localisation uses the heatmap only where the reranker is kept: on the synthetic benchmark a reranker
     # that did not beat the dual tower also localised worse than the middle slice (docs/index-and-search.md)
-    results, total = _aggregate(inst, cands, k, w, heat_from=(rr, canonical, tokens))
+    results, total = _aggregate(inst, cands, k, w, heat_from=(rr, canonical, tokens), parsed=parsed)
     return results, total, w
 
 

@@ -83,6 +83,26 @@ def test_key_slice_from_predicted_finding_else_middle(archive):
     assert by["ST2"]["key_slice"] == 20 and by["ST2"]["region"] == [0, 0, 63, 63]  # no map, no slice: the middle
 
 
+@pytest.mark.parametrize("z_cell, slices", [(3, {6, 7}), (0, {0, 1})])
+def test_key_slice_from_the_stored_maps_conditioned_on_the_query(archive, z_cell, slices):
+    # ST2's nodule was predicted without a key slice; its stored type and region maps show where a
+    # nodule lies in the right lower lobe, and the query names exactly that
+    from medsearch import vocab
+    from medsearch.models.spatial_store import save_spatial
+
+    n_t = len(vocab.FINDING_TYPES)
+    sp = np.zeros((n_t + 1 + len(vocab.LOBES), 6, 5, 4), np.float32)
+    sp[n_t + 1 + vocab.LOBES.index("right lower lobe")] = 1.0
+    sp[vocab.FINDING_TYPES.index("nodule"), 1, 2, z_cell] = 0.8
+    sp[vocab.FINDING_TYPES.index("pleural effusion"), 4, 1, 3 - z_cell] = 0.99  # another type: ignored
+    canon = np.diag([2.0, 2.0, 2.0, 1.0])
+    # native voxel (x, y, z) = canonical voxel: LPS = diag(-1, -1, 1) @ RAS
+    save_spatial(archive, "SE2", sp, (12, 10, 8), canon, np.diag([-2.0, -2.0, 2.0, 1.0]), (40, 64, 64))
+    results, _, _ = ranked(archive, parse_dict(pf("nodule", "right lower lobe")), unit(1.0, 0.5))
+    st2 = next(r for r in results if r["study"] == "ST2")
+    assert st2["key_slice"] in slices and st2["region"] != [0, 0, 63, 63]
+
+
 @pytest.mark.parametrize("filters, expected", [
     ({"modality": "MR"}, {"ST4"}),
     ({"modality": ["ct"]}, {"ST1", "ST2", "ST3"}),

@@ -66,6 +66,11 @@ class SegEncoder(nn.Module):
         in_channels: image channels (5: the windows of ``preprocess.SEG_WINDOWS``); three
             coordinate channels are added inside.
         widths: channels at 1/2, 1/4, 1/8 and 1/16 of the input grid.
+        detail_width: channels of the detail stage before the heads (0: none, the heads read the
+            decoder directly, as in the first shipped model).  The detail stage sees the decoder's
+            features beside the input's windows average- and max-pooled to the output grid, so that a
+            nodule of one or two voxels, which the strided stem blurs into lung texture, still shows
+            at full contrast where the type heads decide.
 
     Shapes:
         input (B, in_channels, Z, Y, X), e.g. (B, 5, 48, 80, 80);
@@ -74,20 +79,25 @@ class SegEncoder(nn.Module):
         the mean and max of the bottleneck (global context, for diagnostics).
     """
 
-    def __init__(self, in_channels: int = 5, widths: tuple[int, int, int, int] = (16, 32, 64, 96)):
+    def __init__(self, in_channels: int = 5, widths: tuple[int, int, int, int] = (16, 32, 64, 96),
+                 detail_width: int = 0):
         super().__init__()
         w1, w2, w3, w4 = widths
         self.stem = Convolution(3, in_channels + 3, w1, strides=2, kernel_size=3, norm="batch", act="relu")
         self.enc1 = ResidualUnit(3, w1, w1, strides=1, subunits=2, norm="batch", act="relu")
         self.down2, self.down3, self.down4 = _Down(w1, w2), _Down(w2, w3), _Down(w3, w4)
         self.up3, self.up2, self.up1 = _Up(w4, w3, w3), _Up(w3, w2, w2), _Up(w2, w1 + 3, w1)
-        self.head = nn.Conv3d(w1, sum(HEAD_SPLIT), kernel_size=1)
+        self.detail_width = int(detail_width)
+        self.detail = (ResidualUnit(3, w1 + 2 * in_channels, detail_width, strides=1, subunits=2, norm="batch",
+                                    act="relu") if detail_width else None)
+        self.head = nn.Conv3d(detail_width or w1, sum(HEAD_SPLIT), kernel_size=1)
         # per-type calibration of slot presence from voxel counts (medsearch.models.slots.image_slots)
         self.presence_scale = nn.Parameter(torch.full((N_TYPES,), 3.0))
         self.presence_offset = nn.Parameter(torch.zeros(N_TYPES))
         self.pooled_dim = 2 * w4
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image = x
         x = torch.cat([x, _coords(x)], dim=1)
         s1 = self.enc1(self.stem(x))
         s2 = self.down2(s1)
@@ -96,5 +106,9 @@ class SegEncoder(nn.Module):
         # the coordinates again at the last stage, where the heads decide which lobe a voxel is in
         c1 = _coords(s1)
         h = self.up1(self.up2(self.up3(s4, s3), s2), torch.cat([s1, c1], dim=1))
+        if self.detail is not None:
+            grid = h.shape[2:]
+            fine = [F.adaptive_avg_pool3d(image, grid), F.adaptive_max_pool3d(image, grid)]
+            h = self.detail(torch.cat([h, *fine], dim=1))
         pooled = torch.cat([s4.mean(dim=(2, 3, 4)), s4.amax(dim=(2, 3, 4))], dim=1)
         return self.head(h), pooled

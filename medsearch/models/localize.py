@@ -48,6 +48,51 @@ def cell_heatmap(query: np.ndarray, spatial: np.ndarray, temperature: float = 0.
     return (p / p.sum()).reshape(spatial.shape[1:]).astype(np.float32)
 
 
+def query_lobe_weights(site: str | None, laterality: str | None) -> np.ndarray:
+    """Which lobes (weights (L,) in :data:`medsearch.vocab.LOBES` order) a query finding's site or side names.
+
+    A lobe counts when it lies within the site (the lingula counts as the left upper lobe, as the region
+    maps do); a site that contains no lobe (pleura) or no site at all falls back to the side, then to
+    every lobe.
+    """
+    from medsearch import vocab
+
+    lobes = vocab.LOBES
+    if site == vocab.LINGULA:
+        site = "left upper lobe"
+    w = np.array([float(bool(site) and vocab.site_within(lobe, site)) for lobe in lobes], dtype=np.float32)
+    if not w.any() and laterality in ("left", "right"):
+        w = np.array([float(vocab.LOBE_SIDE.get(lobe) == laterality) for lobe in lobes], dtype=np.float32)
+    return w if w.any() else np.ones(len(lobes), dtype=np.float32)
+
+
+def slot_heatmap(spatial: np.ndarray, wanted: Sequence[tuple[int, np.ndarray]]) -> np.ndarray | None:
+    """Heatmap of where the query's findings lie, read from a ``ctseg`` spatial map (no reranker needed).
+
+    Each cell scores ``sum over query findings of P(type here) x P(one of the named lobes here)``: the
+    text conditions the map through the finding type and site it names.
+
+    Args:
+        spatial: (T + 1 + L, X, Y, Z): T finding-type probabilities, then the region probabilities
+            (outside the lungs, then each lobe), as ``SlotModel.encode_image`` stores them.
+        wanted: one (type index, lobe weights (L,)) per query finding.
+
+    Returns:
+        (X, Y, Z) float32, or None when no query finding has a type the map knows or the map is empty.
+    """
+    from medsearch import vocab
+
+    n_t, n_l = len(vocab.FINDING_TYPES), len(vocab.LOBES)
+    if spatial.shape[0] != n_t + 1 + n_l or not wanted:
+        return None
+    sp = np.asarray(spatial, dtype=np.float32)
+    lobes = sp[n_t + 1:]
+    heat = np.zeros(sp.shape[1:], dtype=np.float32)
+    for t, w in wanted:
+        heat += sp[t] * np.tensordot(np.asarray(w, dtype=np.float32), lobes, axes=1)
+    return heat if float(heat.max()) > 0 else None
+
+
 def upsample(heat: np.ndarray, factor: int = UPSAMPLE) -> np.ndarray:
     """Trilinear upsampling of a (X, Y, Z) heatmap by ``factor`` (cell centres aligned)."""
     t = torch.from_numpy(np.ascontiguousarray(heat, dtype=np.float32))[None, None]

@@ -27,6 +27,8 @@ SLOT_DIM = 512
 FULL_ATTR_DIM = ATTR_DIM + 1
 #: Pooling of the half-resolution maps into the stored spatial map (z, y, x).
 SPATIAL_POOL = (2, 4, 4)
+#: Channels of the image tower's detail stage in newly trained models.
+DETAIL_WIDTH = 32
 
 
 def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
@@ -39,6 +41,8 @@ class SlotModel(nn.Module):
 
     Args:
         dim: embedding width (256-512; the attribute vector has FULL_ATTR_DIM entries).
+        detail_width: the image tower's detail stage (:class:`SegEncoder`); 0 for models saved
+            before it existed (their config has no ``detail_width``).
 
     Shapes:
         ``encode_image(x)``: x (B, 2, Z, Y, X) -> dict ``embedding`` (B, dim), ``maps``
@@ -51,9 +55,9 @@ class SlotModel(nn.Module):
 
     arch = "ctseg"
 
-    def __init__(self, dim: int = SLOT_DIM):
+    def __init__(self, dim: int = SLOT_DIM, detail_width: int = DETAIL_WIDTH):
         super().__init__()
-        self.image = SegEncoder()
+        self.image = SegEncoder(detail_width=detail_width)
         self.clause = ClauseHead()
         self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
         with torch.no_grad():

@@ -383,19 +383,50 @@ def save_slot_model(model, out: Path, meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.cpu().eval()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / MODEL_FILE)
-    config = {"arch": "ctseg", "dim": model.dim, "canonical_shape": CANONICAL_SHAPE,
+    config = {"arch": "ctseg", "dim": model.dim, "detail_width": model.image.detail_width, "canonical_shape": CANONICAL_SHAPE,
               "canonical_spacing_mm": CANONICAL_SPACING, "windows_hu": SEG_WINDOWS, **meta}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
+def warm_start(model, init: Path) -> dict:
+    """Load the weights of the ctseg model in ``init`` into ``model`` where names and shapes agree.
+
+    Parts that are new or changed shape (for example the detail stage, when ``init`` predates it)
+    keep their fresh initialisation and are trained from scratch.
+
+    Raises:
+        ConfigError: ``init`` holds no ctseg model.
+    """
+    from medsearch.errors import ConfigError
+    from medsearch.models.train import CONFIG_FILE, MODEL_FILE
+
+    init = Path(init)
+    try:
+        config = json.loads((init / CONFIG_FILE).read_text())
+        state = torch.load(init / MODEL_FILE, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"--init '{init}' holds no readable model ({type(exc).__name__}).",
+                          f"Pass a folder with {MODEL_FILE} and {CONFIG_FILE}, as 'medsearch train' writes.") from None
+    if config.get("arch") != "ctseg":
+        raise ConfigError(f"--init '{init}' holds a {config.get('arch')!r} model, not ctseg.",
+                          "Fine-tune a ctseg model, or train this architecture without --init.")
+    own = model.state_dict()
+    same = {k: v.float() for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(same, strict=False)
+    fresh = sorted(k for k in own if k not in same)
+    log.info("warm start from %s: %d tensors loaded, %d fresh", init, len(same), len(fresh))
+    return {"from": init.name, "loaded": len(same), "fresh": fresh}
+
+
 def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives: list[Path] | None = None,
                 reports: Path | None = None, cfg: SlotTrainConfig | None = None, progress: bool = True,
-                workers: int = 2, val_fraction: float = 0.1) -> dict:
+                workers: int = 2, val_fraction: float = 0.1, init: Path | None = None) -> dict:
     """``medsearch train --arch ctseg``: build the data, run the three stages, write the model.
 
     Synthetic training studies are generated from ``synth_seeds`` (``synth_studies`` each, with
     voxel targets, cached under ``<out>/cache``); ``archives`` add a hospital's studies, whose
-    report findings train the study-level presence only.
+    report findings train the study-level presence only.  ``init`` is a ctseg model folder to start
+    from (see :func:`warm_start`).
     """
     from medsearch.errors import InputError
     from medsearch.models.data import _study_key, load_archive
@@ -429,7 +460,10 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     train, val = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
     torch.manual_seed(cfg.seed)
     model = SlotModel()
+    warm = warm_start(model, init) if init else None
     summary = train_slot_model(model, train, val, out, cfg, progress=progress)
+    if warm is not None:
+        summary["init"] = warm
     save_slot_model(model, out, {
         "summary": {k: v for k, v in summary.items() if k != "config"}, "train": summary["config"],
         "train_studies": len(train), "val_studies": len(val), "train_seeds": list(synth_seeds),

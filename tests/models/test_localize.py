@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsearch.models.localize import canonical_to_native, cell_heatmap, localize, slice_hit, upsample
+from medsearch.models.localize import (canonical_to_native, cell_heatmap, localize, query_lobe_weights, slice_hit,
+                                       slot_heatmap, upsample)
 
 CANON_SHAPE = (96, 96, 64)
 SPACING = (3.6, 3.6, 5.0)
@@ -89,3 +90,50 @@ def test_cell_heatmap_peaks_at_the_most_similar_cell():
 @pytest.mark.parametrize("key, rng_, hit", [(5, (3, 7), True), (3, (3, 7), True), (8, (3, 7), False)])
 def test_slice_hit(key, rng_, hit):
     assert slice_hit(key, rng_) is hit
+
+
+@pytest.mark.parametrize("site, laterality, expected", [
+    ("right lower lobe", None, [0, 0, 1, 0, 0]),
+    ("right lung", None, [1, 1, 1, 0, 0]),
+    ("lingula", None, [0, 0, 0, 1, 0]),
+    ("pleura", "left", [0, 0, 0, 1, 1]),
+    (None, "right", [1, 1, 1, 0, 0]),
+    (None, None, [1, 1, 1, 1, 1]),
+])
+def test_query_lobe_weights(site, laterality, expected):
+    from medsearch import vocab
+
+    assert vocab.LOBES == ("right upper lobe", "right middle lobe", "right lower lobe", "left upper lobe",
+                           "left lower lobe")
+    assert query_lobe_weights(site, laterality).tolist() == expected
+
+
+def _slot_map(shape=(6, 5, 4)):
+    from medsearch import vocab
+
+    n_t, n_l = len(vocab.FINDING_TYPES), len(vocab.LOBES)
+    sp = np.zeros((n_t + 1 + n_l, *shape), np.float32)
+    sp[n_t] = 1.0  # everything outside the lungs ...
+    return sp, n_t
+
+
+def test_slot_heatmap_peaks_where_the_type_lies_in_the_named_lobe():
+    from medsearch import vocab
+
+    sp, n_t = _slot_map()
+    nod = vocab.FINDING_TYPES.index("nodule")
+    rll, lll = n_t + 1 + vocab.LOBES.index("right lower lobe"), n_t + 1 + vocab.LOBES.index("left lower lobe")
+    sp[n_t, :3], sp[rll, :3] = 0.0, 1.0      # ... but for the right lower lobe on one side
+    sp[n_t, 3:], sp[lll, 3:] = 0.0, 1.0      # and the left lower lobe on the other
+    sp[nod, 1, 2, 1] = 0.6                   # a nodule in the right lower lobe
+    sp[nod, 4, 2, 1] = 0.9                   # a more certain one in the left lower lobe
+    right = slot_heatmap(sp, [(nod, query_lobe_weights("right lower lobe", None))])
+    anywhere = slot_heatmap(sp, [(nod, query_lobe_weights(None, None))])
+    assert np.unravel_index(np.argmax(right), right.shape) == (1, 2, 1)
+    assert np.unravel_index(np.argmax(anywhere), anywhere.shape) == (4, 2, 1)
+
+
+@pytest.mark.parametrize("channels, wanted", [(15, []), (16, [(0, np.ones(5))]), (15, [(0, np.ones(5))])])
+def test_slot_heatmap_gives_none_without_a_usable_map_or_query(channels, wanted):
+    sp = np.zeros((channels, 3, 3, 3), np.float32)  # 15 channels but empty, or a non-ctseg map
+    assert slot_heatmap(sp, wanted) is None

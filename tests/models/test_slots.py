@@ -13,12 +13,28 @@ from medsearch.models.slot_model import FULL_ATTR_DIM, SlotModel
 from medsearch.models.slots import ATTR_DIM, D, L, T, Z, attribute_vector, image_slots, size_bins_of_log
 
 
-def test_seg_encoder_shape_contract():
-    net = SegEncoder().eval()
+@pytest.mark.parametrize("detail_width", [0, 8, 32])
+def test_seg_encoder_shape_contract(detail_width):
+    net = SegEncoder(detail_width=detail_width).eval()
     with torch.no_grad():
         maps, pooled = net(torch.rand(2, 5, 16, 32, 32))
     assert maps.shape == (2, sum(HEAD_SPLIT), 8, 16, 16)
     assert pooled.shape == (2, net.pooled_dim)
+    assert (net.detail is None) == (detail_width == 0)
+    assert net.head.in_channels == (detail_width or 16)
+
+
+def test_detail_stage_keeps_a_one_voxel_spot_at_its_own_cell():
+    # the max-pooled input reaches the heads: a single bright voxel changes the output at its own
+    # half-resolution cell more than anywhere else
+    torch.manual_seed(0)
+    net = SegEncoder(detail_width=8).eval()
+    x = torch.zeros(1, 5, 16, 32, 32)
+    y = x.clone()
+    y[0, :, 9, 17, 21] = 1.0
+    with torch.no_grad():
+        diff = (net(y)[0] - net(x)[0]).abs().sum(dim=1)[0]
+    assert diff.argmax().item() == (4 * 16 + 8) * 16 + 10
 
 
 def test_slot_model_outputs_unit_embeddings_of_both_towers():

@@ -70,6 +70,45 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
         (2, enc.dim)
 
 
+def test_warm_start_loads_matching_weights_and_keeps_new_parts_fresh(tmp_path):
+    from medsearch.models.slot_model import SlotModel
+    from medsearch.models.train_slots import save_slot_model, warm_start
+
+    torch.manual_seed(0)
+    old = SlotModel(detail_width=0)
+    with torch.no_grad():
+        old.image.presence_offset.fill_(1.25)
+    save_slot_model(old, tmp_path / "old", {"note": "older model without the detail stage"})
+    torch.manual_seed(1)
+    new = SlotModel(detail_width=8)
+    out = warm_start(new, tmp_path / "old")
+    assert torch.equal(new.image.presence_offset, old.image.presence_offset)
+    assert torch.equal(new.image.stem.conv.weight, old.image.stem.conv.weight)
+    assert "image.head.weight" in out["fresh"] and any(k.startswith("image.detail.") for k in out["fresh"])
+    assert out["loaded"] == len(new.state_dict()) - len(out["fresh"])
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "holds no readable model"),
+    ({"arch": "ctnet", "dim": 256}, "not ctseg"),
+])
+def test_warm_start_refuses_what_is_not_a_ctseg_model(tmp_path, content, message):
+    import json
+
+    from medsearch.errors import ConfigError
+    from medsearch.models.slot_model import SlotModel
+    from medsearch.models.train_slots import save_slot_model, warm_start
+
+    folder = tmp_path / "m"
+    if content is None:
+        folder.mkdir()
+    else:
+        save_slot_model(SlotModel(detail_width=0), folder, {})
+        (folder / "config.json").write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=message):
+        warm_start(SlotModel(detail_width=8), folder)
+
+
 def test_training_refuses_evaluation_seeds(tmp_path):
     from medsearch.errors import InputError
 
