@@ -286,7 +286,10 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 @click.option("--init", "init_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="ctseg: start from this model's weights (fine-tuning, e.g. the bundled model on a hospital's "
                    "archive); parts whose shape differs start fresh. The learning rate drops to 1e-3.")
-def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir):
+@click.option("--detail-width", default=0, show_default=True, type=click.IntRange(0, 256),
+              help="ctseg: channels of the image tower's detail stage before the heads (0: none, as shipped).")
+def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir,
+          detail_width):
     """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
     if arch == "ctseg":
         from medsearch.models.train_seg import SegConfig
@@ -295,7 +298,8 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
         seg = SegConfig(steps=steps or 900, batch_size=batch_size or 6, seed=seed,
                         **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
-                              SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir)
+                              SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir,
+                              detail_width=detail_width)
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
         click.echo(f"trained ctseg in {summary['seconds']:.0f} s: image tower {summary['image']['steps']} steps, "
@@ -304,8 +308,8 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
         return
-    if init_dir:
-        raise click.UsageError("--init applies to --arch ctseg only.")
+    if init_dir or detail_width:
+        raise click.UsageError("--init and --detail-width apply to --arch ctseg only.")
     if not archive:
         raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives

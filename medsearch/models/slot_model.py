@@ -27,8 +27,9 @@ SLOT_DIM = 512
 FULL_ATTR_DIM = ATTR_DIM + 1
 #: Pooling of the half-resolution maps into the stored spatial map (z, y, x).
 SPATIAL_POOL = (2, 4, 4)
-#: Channels of the image tower's detail stage in newly trained models.
-DETAIL_WIDTH = 32
+#: Channels of the image tower's detail stage in newly trained models: none, as in the shipped model (a
+#: 32-channel stage fine-tuned from it did not beat it on the held-out pool, docs/model.md).
+DETAIL_WIDTH = 0
 
 
 def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:

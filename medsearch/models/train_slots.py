@@ -420,13 +420,14 @@ def warm_start(model, init: Path) -> dict:
 
 def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives: list[Path] | None = None,
                 reports: Path | None = None, cfg: SlotTrainConfig | None = None, progress: bool = True,
-                workers: int = 2, val_fraction: float = 0.1, init: Path | None = None) -> dict:
+                workers: int = 2, val_fraction: float = 0.1, init: Path | None = None,
+                detail_width: int | None = None) -> dict:
     """``medsearch train --arch ctseg``: build the data, run the three stages, write the model.
 
     Synthetic training studies are generated from ``synth_seeds`` (``synth_studies`` each, with
     voxel targets, cached under ``<out>/cache``); ``archives`` add a hospital's studies, whose
     report findings train the study-level presence only.  ``init`` is a ctseg model folder to start
-    from (see :func:`warm_start`).
+    from (see :func:`warm_start`); ``detail_width`` the image tower's detail stage (None: DETAIL_WIDTH).
     """
     from medsearch.errors import InputError
     from medsearch.models.data import _study_key, load_archive
@@ -434,6 +435,7 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     from medsearch.models.evaluate import check_seed_disjoint
     from medsearch.models.preprocess import CANONICAL_SHAPE, CANONICAL_SPACING
     from medsearch.models.slot_model import SlotModel
+    from medsearch.models.slot_model import DETAIL_WIDTH
     from medsearch.models.train_seg import load_dense
 
     check_seed_disjoint(synth_seeds)
@@ -459,7 +461,7 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     n_val = min(150, max(1, int(len(data) * val_fraction)))
     train, val = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
     torch.manual_seed(cfg.seed)
-    model = SlotModel()
+    model = SlotModel(detail_width=DETAIL_WIDTH if detail_width is None else detail_width)
     warm = warm_start(model, init) if init else None
     summary = train_slot_model(model, train, val, out, cfg, progress=progress)
     if warm is not None:

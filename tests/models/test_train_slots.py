@@ -57,12 +57,13 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
 
     cfg = SlotTrainConfig(seg=SegConfig(steps=2, batch_size=2, warmup=1, eval_every=2), clause_examples=300,
                           clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=1)
-    summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1)
+    summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1, detail_width=8)
     assert summary["image"]["steps"] == 2 and 0 <= summary["clause"]["type"] <= 1
     assert set(summary["projection"]) >= {"identity", "tuned", "kept"}
     assert set(summary["reranker"]["keep"]) == {"phrase", "report"} and (tmp_path / "m" / "reranker.pt").exists()
     enc = registry.Encoder(tmp_path / "m")
     assert enc.config["arch"] == "ctseg" and len(enc.config["train_study_keys"]) == 6
+    assert enc.config["detail_width"] == 8 and enc.model.image.detail is not None
     study = generate_study(1003, 0)
     out = enc.encode_volume(HUVolume(study.hu, study.spacing, study.affine, "CT"))
     assert out.embedding.shape == (enc.dim,)
