@@ -219,3 +219,18 @@ def test_localisation_geometry_on_a_real_series(world):
             assert abs(key - f["key_slice"]) <= cell_mm[2] / dz / 2 + 2, (key, f["key_slice"])
             checked += 1
     assert checked >= 1
+
+
+def test_first_search_of_a_process_freezes_what_it_loaded(world, monkeypatch):
+    # full garbage collections over the loaded models and dictionaries made the p99 (docs/index-and-search.md)
+    import gc
+
+    calls = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: (calls.append(1), real_freeze()))
+    monkeypatch.setattr(S, "_settled", False)
+    before = gc.get_freeze_count()
+    S.search(world["inst"], "right lower lobe consolidation unique to the freeze test", k=3)
+    assert calls == [1] and gc.get_freeze_count() > before
+    S.search(world["inst"], "another query the cache has not seen", k=3)
+    assert calls == [1]  # once per process
