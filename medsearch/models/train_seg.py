@@ -6,7 +6,8 @@ study-level slot presence (the peak of the voxel maps) and nothing else.  Both
 kinds mix in one loop.
 
 Loss per study with voxel targets: region cross-entropy, finding-type BCE plus
-soft Dice, density cross-entropy and log-size L1 on finding voxels; for every
+soft Dice, BCE of the hardest negative lung voxels, density cross-entropy and
+log-size L1 on finding voxels; for every
 study: BCE of the slot presence against the labelled findings.
 
 Deterministic for a seed, resumable from ``checkpoint_seg.pt``, tqdm progress
@@ -61,6 +62,10 @@ class SegConfig:
     positive_weight: float = 0.3
     #: the same for the small-lesion types (SMALL_TYPES), whose few voxels otherwise teach too little
     small_positive_weight: float = 1.5
+    #: weight of the hardest negatives' BCE (see seg_loss; 0 for models trained before it existed)
+    hard_negative_weight: float = 1.0
+    #: how many of the hardest negative lung voxels per study and type count
+    hard_negatives: int = 16
 
 
 @dataclass
@@ -154,6 +159,29 @@ def make_batch(data: DenseSet, idx: list[int], rng: random.Random, augment: bool
             "presence": torch.from_numpy(data.presence[idx]), "dense": torch.from_numpy(data.dense[idx])}
 
 
+def hard_negative_loss(logits: torch.Tensor, target: torch.Tensor, region: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean BCE (towards "absent") of the ``k`` highest type logits per study and type among the lung voxels
+    that are neither a finding of that type nor next to one.
+
+    Whether a study shows a type is decided over ~15 000 lung voxels, so what matters is the *largest*
+    false evidence, not the average: the class-balanced mean leaves the small-lesion channels at a flat
+    ~0.35 over the whole lung (every vessel a little like a nodule), and the count of voxels above the
+    floor then says nothing.  Pushing the hardest negatives down (vessels, fissures, the lesion-free lung
+    of a study with a lesion elsewhere) is what separates a nodule from a vessel at the study level.
+
+    Args:
+        logits: (B, T, z, y, x) type logits; target: the same, 0/1; region: (B, z, y, x), 0 outside the lungs.
+    """
+    near = F.max_pool3d(target, kernel_size=3, stride=1, padding=1) > 0
+    negative = (region > 0)[:, None] & ~near
+    flat = logits.masked_fill(~negative, float("-inf")).flatten(2)
+    top = flat.topk(min(k, flat.shape[2]), dim=2).values
+    valid = torch.isfinite(top)
+    if not bool(valid.any()):
+        return logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(top[valid], torch.zeros_like(top[valid]))
+
+
 def seg_loss(maps: torch.Tensor, presence: torch.Tensor, batch: dict, cfg: SegConfig) -> tuple[torch.Tensor, dict]:
     """The stage-1 loss and its parts (see the module docstring)."""
     nr, nt, nd, _ = HEAD_SPLIT
@@ -187,6 +215,8 @@ def seg_loss(maps: torch.Tensor, presence: torch.Tensor, batch: dict, cfg: SegCo
         present = target.sum(dim=(2, 3, 4)) > 0
         dice = (1 - (2 * inter + 1) / (denom + 1))[present].mean() if bool(present.any()) else p.sum() * 0
         parts["types"] = bce + dice
+        if cfg.hard_negative_weight:
+            parts["hard_negatives"] = hard_negative_loss(logits, target, region, cfg.hard_negatives)
         dens = batch["density"].to(maps.device)[dense]
         has = dens != NO_DENSITY
         dl = m[:, nr + nt:nr + nt + nd].permute(0, 2, 3, 4, 1)
@@ -197,7 +227,7 @@ def seg_loss(maps: torch.Tensor, presence: torch.Tensor, batch: dict, cfg: SegCo
             else m[:, -1].sum() * 0
     total = cfg.presence_weight * parts["presence"]
     for name, w in (("region", cfg.region_weight), ("types", cfg.type_weight), ("density", cfg.density_weight),
-                    ("size", cfg.size_weight)):
+                    ("size", cfg.size_weight), ("hard_negatives", cfg.hard_negative_weight)):
         if name in parts:
             total = total + w * parts[name]
     return total, {k: v.item() for k, v in parts.items()}

@@ -135,3 +135,33 @@ def test_presence_calibration_only_lowers_the_training_loss(tiny_set):
     assert out["bce_after"] <= out["bce_before"] + 1e-6
     assert not torch.equal(before, model.image.presence_offset.detach())
     assert 0.0 <= out["slot_f1"] <= 1.0 and out["studies"] == len(tiny_set)
+
+
+def test_hard_negative_loss_counts_only_the_largest_lung_negatives_away_from_findings():
+    from torch.nn import functional as F
+
+    from medsearch.models.train_seg import hard_negative_loss
+
+    logits = torch.full((1, 1, 6, 6, 6), -8.0)
+    target = torch.zeros_like(logits)
+    region = torch.ones(1, 6, 6, 6, dtype=torch.long)
+    target[0, 0, 1, 1, 1] = 1
+    logits[0, 0, 1, 1, 1] = 9.0          # the finding itself: not a negative
+    logits[0, 0, 1, 1, 2] = 9.0          # next to it: ambiguous, not counted either
+    region[0, 5, 5, 5] = 0
+    logits[0, 0, 5, 5, 5] = 9.0          # outside the lungs: not counted
+    logits[0, 0, 4, 4, 0] = 3.0          # the one hard negative (a "vessel")
+    want = (F.softplus(torch.tensor(3.0)) + F.softplus(torch.tensor(-8.0))) / 2
+    assert float(hard_negative_loss(logits, target, region, k=2)) == pytest.approx(float(want), rel=1e-5)
+    # with it pushed down the loss falls: this is what trains the study-level decision
+    logits[0, 0, 4, 4, 0] = -8.0
+    assert float(hard_negative_loss(logits, target, region, k=2)) < float(want) / 10
+
+
+def test_hard_negative_loss_is_zero_without_lung_voxels():
+    from medsearch.models.train_seg import hard_negative_loss
+
+    logits = torch.zeros(2, 3, 4, 4, 4, requires_grad=True)
+    loss = hard_negative_loss(logits, torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 4, 4, 4, dtype=torch.long), k=4)
+    loss.backward()      # a batch without lungs still trains the rest
+    assert loss.item() == 0.0 and logits.grad is not None
