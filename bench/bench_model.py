@@ -88,7 +88,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model.json")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
-    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", progress=False)
+    grid = json.loads((args.model / "config.json").read_text())
+    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", progress=False,
+                           spacing_mm=grid["canonical_spacing_mm"], shape=grid["canonical_shape"])
     result = {"pool": len(studies), "threads": torch.get_num_threads(), "model": str(args.model)}
     vol = _volume_from_pool(args.pool)
     for name, int8 in (("fp32", False), ("int8", True)):

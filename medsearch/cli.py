@@ -288,8 +288,11 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
                    "archive); parts whose shape differs start fresh. The learning rate drops to 1e-3.")
 @click.option("--detail-width", default=0, show_default=True, type=click.IntRange(0, 256),
               help="ctseg: channels of the image tower's detail stage before the heads (0: none, as shipped).")
+@click.option("--grid", type=click.Choice(["coarse", "fine"]), default=None,
+              help="ctseg: canonical grid; coarse 6.5 x 4.3 x 4.3 mm, fine 5.6 x 3.07 x 3.07 mm (resolves "
+                   "small nodules, about 2.7x the training cost). Default: that of new models (docs/model.md).")
 def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir,
-          detail_width):
+          detail_width, grid):
     """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
     if arch == "ctseg":
         from medsearch.models.train_seg import SegConfig
@@ -299,7 +302,7 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                         **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
                               SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir,
-                              detail_width=detail_width)
+                              detail_width=detail_width, grid=grid)
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
         click.echo(f"trained ctseg in {summary['seconds']:.0f} s: image tower {summary['image']['steps']} steps, "
@@ -308,8 +311,8 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
         return
-    if init_dir or detail_width:
-        raise click.UsageError("--init and --detail-width apply to --arch ctseg only.")
+    if init_dir or detail_width or grid:
+        raise click.UsageError("--init, --detail-width and --grid apply to --arch ctseg only.")
     if not archive:
         raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives

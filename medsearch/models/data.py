@@ -181,8 +181,17 @@ def _study_key(uid: str) -> str:
     return hashlib.sha256(uid.encode()).hexdigest()[:16]
 
 
-def _load_main_series(source) -> np.ndarray:
-    """The canonical grid of one series: ``source`` is its folder, its one file, or its files."""
+def grid_cache_dir(cache_dir, shape) -> "Path | None":
+    """The subfolder of ``cache_dir`` for canonical volumes of grid ``shape`` (None: no cache), so that
+    models trained or evaluated on different grids never read each other's volumes."""
+    from pathlib import Path
+
+    return Path(cache_dir) / "x".join(str(int(n)) for n in shape) if cache_dir else None
+
+
+def _load_main_series(source, spacing_mm=None, shape=None) -> np.ndarray:
+    """The canonical grid of one series: ``source`` is its folder, its one file, or its files;
+    ``spacing_mm`` and ``shape`` the grid (None: the default canonical grid)."""
     from pathlib import Path
 
     from medsearch.dicom.volume import load_series
@@ -193,10 +202,12 @@ def _load_main_series(source) -> np.ndarray:
     else:
         folder = Path(source)
         files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
-    return canonical_hu(load_series(files))
+    grid = {k: v for k, v in (("spacing_mm", spacing_mm), ("shape", shape)) if v is not None}
+    return canonical_hu(load_series(files), **grid)
 
 
-def load_archive(archive, reports=None, cache_dir=None, progress: bool = True) -> list[Study]:
+def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, spacing_mm=None,
+                 shape=None) -> list[Study]:
     """Studies of a synthetic archive (``labels.jsonl``) or of a hospital archive (DICOM + reports).
 
     Only pixel data and scrubbed report text are used: no header identifier is read
@@ -207,6 +218,8 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True) -
         archive: the archive folder.
         reports: hospital reports (CSV/JSONL keyed by accession number), or None.
         cache_dir: folder for cached canonical volumes, or None.
+        spacing_mm, shape: the canonical grid, that of the model to train or evaluate (None: the
+            default grid, ``medsearch.models.preprocess.CANONICAL_*``).
     """
     import json
     from pathlib import Path
@@ -220,11 +233,13 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True) -
     if not labels_file.exists():
         from medsearch.models.hospital import load_hospital_archive
 
-        return load_hospital_archive(archive, reports, cache_dir, progress)
+        return load_hospital_archive(archive, reports, cache_dir, progress, spacing_mm, shape)
     records = [json.loads(line) for line in labels_file.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not records:
         raise InputError("labels.jsonl of the archive is empty.", "Generate it with 'medsearch synth OUT --studies N'.")
-    cache = Path(cache_dir) if cache_dir else None
+    from medsearch.models.preprocess import CANONICAL_SHAPE
+
+    cache = grid_cache_dir(cache_dir, shape or CANONICAL_SHAPE)
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
     studies = []
@@ -235,7 +250,7 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True) -
             hu = np.load(cached)
         else:
             main = next(s for s in rec["series"] if s["series_uid"] == rec["main_series_uid"])
-            hu = _load_main_series(archive / main["path"])
+            hu = _load_main_series(archive / main["path"], spacing_mm, shape)
             if cached is not None:
                 save_cached(cached, hu)
         findings = [{k: f.get(k) for k in ("type", "site", "laterality", "density", "diameter_mm")}

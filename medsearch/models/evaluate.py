@@ -173,7 +173,8 @@ def evaluate_archive(archive: Path, model_dir: Path | None = None, via_ingest: b
                           for f in r["findings"]], scrub_report(r["report_en"]), scrub_report(r["report_zh"]))
                    for r in records]
     else:
-        studies = load_archive(archive, progress=progress)
+        studies = load_archive(archive, progress=progress, spacing_mm=encoder.config["canonical_spacing_mm"],
+                               shape=encoder.config["canonical_shape"])
         image = encode_studies(encoder, studies, progress=progress)
     overlap = sum(s.key in train_keys for s in studies)
     if overlap:

@@ -70,9 +70,12 @@ def _findings_from_report(text: str) -> list[dict]:
     return out
 
 
-def load_hospital_archive(archive: Path, reports: Path | None, cache_dir=None, progress: bool = True) -> list[Study]:
-    """Studies of a hospital archive: the largest CT series of each study with its report."""
-    from medsearch.models.data import _load_main_series
+def load_hospital_archive(archive: Path, reports: Path | None, cache_dir=None, progress: bool = True,
+                          spacing_mm=None, shape=None) -> list[Study]:
+    """Studies of a hospital archive: the largest CT series of each study with its report, resampled
+    onto the canonical grid ``spacing_mm``/``shape`` (None: the default grid)."""
+    from medsearch.models.data import _load_main_series, grid_cache_dir
+    from medsearch.models.preprocess import CANONICAL_SHAPE
 
     files = [p for p in Path(archive).rglob("*") if p.is_file()]
     series: dict[str, list[Path]] = defaultdict(list)
@@ -97,7 +100,7 @@ def load_hospital_archive(archive: Path, reports: Path | None, cache_dir=None, p
         study = study_of[uid][0]
         if study not in main or len(paths) > len(series[main[study]]):
             main[study] = uid
-    cache = Path(cache_dir) if cache_dir else None
+    cache = grid_cache_dir(cache_dir, shape or CANONICAL_SHAPE)
     studies = []
     for study_uid, series_uid in tqdm(sorted(main.items()), desc="load", unit="study", disable=not progress):
         report = texts.get(study_of[series_uid][1])
@@ -108,7 +111,7 @@ def load_hospital_archive(archive: Path, reports: Path | None, cache_dir=None, p
         if cached is not None and cached.exists():
             hu = np.load(cached)
         else:
-            hu = _load_main_series(series[series_uid])
+            hu = _load_main_series(series[series_uid], spacing_mm, shape)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 save_cached(cached, hu)

@@ -18,7 +18,9 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends
 
-#: Canonical grid of the image tower, (z, y, x) like every array in medsearch (RAS-oriented).
+#: Default canonical grid, (z, y, x) like every array in medsearch (RAS-oriented): ctseg's ``coarse`` grid, which
+#: the shipped model uses, and the grid of ctnet/resnet10.  A ctseg model's config names its own grid
+#: (``medsearch.models.slot_model.SEG_GRIDS``), and inference resamples onto that.
 CANONICAL_SHAPE: tuple[int, int, int] = (48, 80, 80)
 #: Voxel size (mm) of the canonical grid along (z, y, x): 312 x 344 x 344 mm, a whole adult chest.
 #: Coarse on purpose: the shipped model trains in ~30 CPU minutes on 2 shared cores (docs/model.md).
@@ -122,9 +124,10 @@ class HUWindowsd(MapTransform):
         return d
 
 
-def canonical_hu(vol) -> np.ndarray:
+def canonical_hu(vol, spacing_mm: Sequence[float] = CANONICAL_SPACING,
+                 shape: Sequence[int] = CANONICAL_SHAPE) -> np.ndarray:
     """The canonical HU grid of ``vol`` as int16 (z, y, x): what training caches per study."""
-    arr, _ = to_canonical(vol)
+    arr, _ = to_canonical(vol, spacing_mm, shape)
     return np.clip(np.rint(arr), -1024, 3071).astype(np.int16)
 
 

@@ -60,7 +60,8 @@ class Encoder:
         self.model_version = f"{self.config['arch']}-{hashlib.sha256(weights).hexdigest()[:12]}" + (
             "-int8" if int8 else "")
         model = build_model(self.config["arch"], self.config["dim"],
-                            detail_width=int(self.config.get("detail_width", 0)))
+                            detail_width=int(self.config.get("detail_width", 0)),
+                            spatial_pool=self.config.get("spatial_pool"))
         state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         model.load_state_dict({k: v.float() for k, v in state.items()})
         model.eval()
@@ -146,14 +147,17 @@ class Encoder:
         return self.encode_texts([text])[0]
 
 
-def build_model(arch: str, dim: int, detail_width: int | None = None) -> torch.nn.Module:
+def build_model(arch: str, dim: int, detail_width: int | None = None,
+                spatial_pool=None) -> torch.nn.Module:
     """An untrained model of ``arch``: "ctseg" (U-Net and finding slots, shipped) or a CLIP-style
     dual encoder ("ctnet", "resnet10").  ``detail_width`` is ctseg's detail stage (None: the default
-    of new models)."""
+    of new models), ``spatial_pool`` the pooling of its stored map (None: that of models saved before
+    grids were selectable)."""
     if arch == "ctseg":
-        from medsearch.models.slot_model import DETAIL_WIDTH, SlotModel
+        from medsearch.models.slot_model import DETAIL_WIDTH, SPATIAL_POOL, SlotModel
 
-        return SlotModel(dim, DETAIL_WIDTH if detail_width is None else detail_width)
+        return SlotModel(dim, DETAIL_WIDTH if detail_width is None else detail_width,
+                         tuple(spatial_pool) if spatial_pool else SPATIAL_POOL)
     from medsearch.models.dual import DualEncoder
 
     return DualEncoder(arch, dim)

@@ -12,6 +12,7 @@ L2-normalised; the similarity is the inner product, as for every model here.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -25,8 +26,35 @@ from medsearch.models.slots import ATTR_DIM, T, attribute_vector, clause_slots, 
 SLOT_DIM = 512
 #: Attribute vector plus one "no finding" entry.
 FULL_ATTR_DIM = ATTR_DIM + 1
-#: Pooling of the half-resolution maps into the stored spatial map (z, y, x).
+#: Pooling of the half-resolution maps into the stored spatial map (z, y, x), for models whose config
+#: names none (those trained on the coarse grid before grids were selectable).
 SPATIAL_POOL = (2, 4, 4)
+
+
+@dataclass(frozen=True)
+class SegGrid:
+    """A canonical grid for the ctseg tower and the pooling that keeps its stored map near 1,200 cells.
+
+    Attributes:
+        shape: canonical grid (z, y, x); every grid spans about 312 x 344 x 344 mm, a whole adult chest.
+        spacing_mm: voxel size (z, y, x), mm.
+        spatial_pool: max-pooling of the half-resolution maps into the stored spatial map (z, y, x).
+    """
+
+    shape: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    spatial_pool: tuple[int, int, int]
+
+
+#: ``medsearch train --grid``.  ``coarse`` trains in about 30 CPU minutes; ``fine`` resolves nodules of a
+#: few millimetres that the coarse grid averages into lung texture, at about 2.7 times the training cost
+#: (docs/model.md, "Canonical grid").
+SEG_GRIDS: dict[str, SegGrid] = {
+    "coarse": SegGrid((48, 80, 80), (6.5, 4.3, 4.3), (2, 4, 4)),
+    "fine": SegGrid((56, 112, 112), (5.6, 3.07, 3.07), (2, 6, 6)),
+}
+#: Grid of newly trained models.
+DEFAULT_GRID = "coarse"
 #: Channels of the image tower's detail stage in newly trained models: none, as in the shipped model (a
 #: 32-channel stage fine-tuned from it did not beat it on the held-out pool, docs/model.md).
 DETAIL_WIDTH = 0
@@ -44,20 +72,24 @@ class SlotModel(nn.Module):
         dim: embedding width (256-512; the attribute vector has FULL_ATTR_DIM entries).
         detail_width: the image tower's detail stage (:class:`SegEncoder`); 0 for models saved
             before it existed (their config has no ``detail_width``).
+        spatial_pool: pooling (z, y, x) of the half-resolution maps into ``spatial``
+            (:attr:`SegGrid.spatial_pool` of the grid the model was trained on).
 
     Shapes:
         ``encode_image(x)``: x (B, 2, Z, Y, X) -> dict ``embedding`` (B, dim), ``maps``
         (B, 20, Z/2, Y/2, X/2), slot ``presence`` (B, T, L), ``density`` (B, T, L, D), ``size`` (B, T, L, Z),
-        ``attributes`` (B, FULL_ATTR_DIM) and ``spatial`` (B, 15, Z/4, Y/8, X/8): type and region
-        probabilities pooled for storage;
+        ``attributes`` (B, FULL_ATTR_DIM) and ``spatial`` (B, 15, Z/(2*pz), Y/(2*py), X/(2*px)), with
+        ``spatial_pool`` (pz, py, px), rounded up: type and region probabilities pooled for storage;
         ``encode_clauses(feats, owner, n)``: MiniLM vectors (N, 384) of N clauses, the text each belongs
         to (N,), n texts -> (n, dim).
     """
 
     arch = "ctseg"
 
-    def __init__(self, dim: int = SLOT_DIM, detail_width: int = DETAIL_WIDTH):
+    def __init__(self, dim: int = SLOT_DIM, detail_width: int = DETAIL_WIDTH,
+                 spatial_pool: tuple[int, int, int] = SPATIAL_POOL):
         super().__init__()
+        self.spatial_pool = tuple(int(p) for p in spatial_pool)
         self.image = SegEncoder(detail_width=detail_width)
         self.clause = ClauseHead()
         self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
@@ -83,7 +115,7 @@ class SlotModel(nn.Module):
         out["embedding"] = self.project(out["attributes"])
         nr, nt = HEAD_SPLIT[0], HEAD_SPLIT[1]
         probs = torch.cat([torch.sigmoid(maps[:, nr:nr + nt]), torch.softmax(maps[:, :nr], dim=1)], dim=1)
-        out["spatial"] = F.max_pool3d(probs, SPATIAL_POOL, ceil_mode=True)
+        out["spatial"] = F.max_pool3d(probs, self.spatial_pool, ceil_mode=True)
         return out
 
     def clause_attributes(self, feats: torch.Tensor) -> torch.Tensor:

@@ -374,17 +374,21 @@ def concat(sets: list[DenseSet]) -> DenseSet:
                     [m for s in sets for m in s.meta])
 
 
-def save_slot_model(model, out: Path, meta: dict) -> None:
-    """Write the trained parts of a ctseg model (no MiniLM weights) and its config."""
-    from medsearch.models.preprocess import CANONICAL_SHAPE, CANONICAL_SPACING, SEG_WINDOWS
+def save_slot_model(model, out: Path, meta: dict, grid: str = "coarse") -> None:
+    """Write the trained parts of a ctseg model (no MiniLM weights) and its config, which names the
+    canonical grid (``SEG_GRIDS[grid]``) that inference must resample onto."""
+    from medsearch.models.preprocess import SEG_WINDOWS
+    from medsearch.models.slot_model import SEG_GRIDS
     from medsearch.models.train import CONFIG_FILE, MODEL_FILE
 
+    g = SEG_GRIDS[grid]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model.cpu().eval()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / MODEL_FILE)
-    config = {"arch": "ctseg", "dim": model.dim, "detail_width": model.image.detail_width, "canonical_shape": CANONICAL_SHAPE,
-              "canonical_spacing_mm": CANONICAL_SPACING, "windows_hu": SEG_WINDOWS, **meta}
+    config = {"arch": "ctseg", "dim": model.dim, "detail_width": model.image.detail_width, "grid": grid,
+              "canonical_shape": g.shape, "canonical_spacing_mm": g.spacing_mm, "spatial_pool": g.spatial_pool,
+              "windows_hu": SEG_WINDOWS, **meta}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -421,35 +425,47 @@ def warm_start(model, init: Path) -> dict:
 def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives: list[Path] | None = None,
                 reports: Path | None = None, cfg: SlotTrainConfig | None = None, progress: bool = True,
                 workers: int = 2, val_fraction: float = 0.1, init: Path | None = None,
-                detail_width: int | None = None) -> dict:
+                detail_width: int | None = None, grid: str | None = None) -> dict:
     """``medsearch train --arch ctseg``: build the data, run the three stages, write the model.
 
     Synthetic training studies are generated from ``synth_seeds`` (``synth_studies`` each, with
     voxel targets, cached under ``<out>/cache``); ``archives`` add a hospital's studies, whose
     report findings train the study-level presence only.  ``init`` is a ctseg model folder to start
-    from (see :func:`warm_start`); ``detail_width`` the image tower's detail stage (None: DETAIL_WIDTH).
+    from (see :func:`warm_start`); ``detail_width`` the image tower's detail stage (None: DETAIL_WIDTH);
+    ``grid`` the canonical grid, a key of ``SEG_GRIDS`` (None: DEFAULT_GRID).
+
+    Raises:
+        ConfigError: ``grid`` is unknown, or ``<out>/cache`` holds studies of another grid.
     """
     from medsearch.errors import InputError
     from medsearch.models.data import _study_key, load_archive
     from medsearch.models.dense_data import build_dense_cache, synth_study_uid
     from medsearch.models.evaluate import check_seed_disjoint
-    from medsearch.models.preprocess import CANONICAL_SHAPE, CANONICAL_SPACING
-    from medsearch.models.slot_model import SlotModel
-    from medsearch.models.slot_model import DETAIL_WIDTH
+    from medsearch.errors import ConfigError
+    from medsearch.models.slot_model import DEFAULT_GRID, DETAIL_WIDTH, SEG_GRIDS, SlotModel
     from medsearch.models.train_seg import load_dense
 
     check_seed_disjoint(synth_seeds)
+    grid = grid or DEFAULT_GRID
+    if grid not in SEG_GRIDS:
+        raise ConfigError(f"Unknown canonical grid {grid!r}.", f"Use one of: {', '.join(SEG_GRIDS)}.")
+    g = SEG_GRIDS[grid]
     cfg = cfg or SlotTrainConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sets, keys = [], []
     for s in synth_seeds:
-        paths = build_dense_cache(out / "cache", s, synth_studies, CANONICAL_SPACING, CANONICAL_SHAPE,
+        paths = build_dense_cache(out / "cache", s, synth_studies, g.spacing_mm, g.shape,
                                   workers=workers, progress=progress)
         sets.append(load_dense(paths))
+        if sets[-1].hu.shape[1:] != g.shape:
+            raise ConfigError(f"The dense cache in '{out / 'cache'}' holds volumes of grid {sets[-1].hu.shape[1:]}, "
+                              f"not of the {grid!r} grid {g.shape}.",
+                              "Delete that cache folder or train into another --out folder.")
         keys += [_study_key(synth_study_uid(s, i)) for i in range(synth_studies)]
     for archive in archives or []:
-        studies = load_archive(archive, reports, cache_dir=out / "cache", progress=progress)
+        studies = load_archive(archive, reports, cache_dir=out / "cache", progress=progress,
+                               spacing_mm=g.spacing_mm, shape=g.shape)
         sets.append(dense_from_studies(studies))
         keys += [s.key for s in studies]
     data = concat(sets) if sets else None
@@ -461,7 +477,8 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     n_val = min(150, max(1, int(len(data) * val_fraction)))
     train, val = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
     torch.manual_seed(cfg.seed)
-    model = SlotModel(detail_width=DETAIL_WIDTH if detail_width is None else detail_width)
+    model = SlotModel(detail_width=DETAIL_WIDTH if detail_width is None else detail_width,
+                      spatial_pool=g.spatial_pool)
     warm = warm_start(model, init) if init else None
     summary = train_slot_model(model, train, val, out, cfg, progress=progress)
     if warm is not None:
@@ -469,7 +486,8 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     save_slot_model(model, out, {
         "summary": {k: v for k, v in summary.items() if k != "config"}, "train": summary["config"],
         "train_studies": len(train), "val_studies": len(val), "train_seeds": list(synth_seeds),
-        "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys))})
+        "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys))},
+        grid=grid)
     return summary
 
 

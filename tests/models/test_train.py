@@ -95,3 +95,26 @@ def test_a_larger_step_count_extends_a_finished_run(phantom_studies, tmp_path, c
         summary = train(phantom_studies, tmp_path, TrainConfig(seed=6, **TINY), progress=False)
     assert "resuming from step 1" in caplog.text
     assert summary["steps"] == 2
+
+
+def test_load_archive_resamples_onto_the_grid_asked_for_and_caches_each_grid_apart(tmp_path):
+    import numpy as np
+
+    from medsearch.models.data import load_archive
+    from medsearch.models.slot_model import SEG_GRIDS
+    from medsearch.synth import generate_archive
+
+    pool = tmp_path / "pool"
+    generate_archive(pool, 1, seed=9003, workers=1, progress=False)
+    cache = tmp_path / "cache"
+    shapes = {}
+    for name, grid in SEG_GRIDS.items():
+        (study,) = load_archive(pool, cache_dir=cache, progress=False, spacing_mm=grid.spacing_mm, shape=grid.shape)
+        shapes[name] = study.hu.shape
+        cached = cache / "x".join(map(str, grid.shape)) / f"{study.key}.npy"
+        assert cached.exists() and np.load(cached).shape == grid.shape
+    assert shapes == {name: grid.shape for name, grid in SEG_GRIDS.items()}
+    # a second read comes from the cache of its own grid
+    (again,) = load_archive(pool, cache_dir=cache, progress=False, spacing_mm=SEG_GRIDS["fine"].spacing_mm,
+                            shape=SEG_GRIDS["fine"].shape)
+    assert again.hu.shape == SEG_GRIDS["fine"].shape

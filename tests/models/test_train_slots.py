@@ -57,16 +57,21 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
 
     cfg = SlotTrainConfig(seg=SegConfig(steps=2, batch_size=2, warmup=1, eval_every=2), clause_examples=300,
                           clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=1)
-    summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1, detail_width=8)
+    summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1, detail_width=8,
+                          grid="fine")
     assert summary["image"]["steps"] == 2 and 0 <= summary["clause"]["type"] <= 1
     assert set(summary["projection"]) >= {"identity", "tuned", "kept"}
     assert set(summary["reranker"]["keep"]) == {"phrase", "report"} and (tmp_path / "m" / "reranker.pt").exists()
     enc = registry.Encoder(tmp_path / "m")
     assert enc.config["arch"] == "ctseg" and len(enc.config["train_study_keys"]) == 6
     assert enc.config["detail_width"] == 8 and enc.model.image.detail is not None
+    # the model carries its grid: inference resamples onto it and pools the stored map as trained
+    assert enc.config["grid"] == "fine" and tuple(enc.config["canonical_shape"]) == (56, 112, 112)
+    assert enc.model.spatial_pool == (2, 6, 6)
     study = generate_study(1003, 0)
     out = enc.encode_volume(HUVolume(study.hu, study.spacing, study.affine, "CT"))
     assert out.embedding.shape == (enc.dim,)
+    assert out.spatial.shape[1:] == (10, 10, 14)  # (X, Y, Z): half of (112, 112, 56), pooled 6, 6, 2
     assert enc.encode_texts(["right upper lobe 8 mm nodule, left pleural effusion", "no abnormality"]).shape == \
         (2, enc.dim)
 
@@ -108,6 +113,31 @@ def test_warm_start_refuses_what_is_not_a_ctseg_model(tmp_path, content, message
         (folder / "config.json").write_text(json.dumps(content))
     with pytest.raises(ConfigError, match=message):
         warm_start(SlotModel(detail_width=8), folder)
+
+
+def test_training_refuses_an_unknown_grid(tmp_path):
+    from medsearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="Unknown canonical grid 'huge'.*coarse, fine"):
+        train_ctseg(tmp_path, [1003], 4, progress=False, grid="huge")
+
+
+def test_training_refuses_a_dense_cache_of_another_grid(tmp_path):
+    import json
+
+    from medsearch.errors import ConfigError
+
+    cache = tmp_path / "m" / "cache"
+    cache.mkdir(parents=True)
+    # a shard as build_dense_cache writes it, on a grid that is neither coarse nor fine
+    n, shape = 4, (8, 8, 8)
+    np.savez(cache / "dense-1003-000000.npz", hu=np.full((n, *shape), -1000, np.int16),
+             region=np.zeros((n, *shape), np.uint8), types=np.zeros((n, *shape), np.int16),
+             density=np.full((n, *shape), 255, np.uint8), logsize=np.zeros((n, *shape), np.float16),
+             meta=np.array(json.dumps([{"index": i, "findings": [], "report_en": "", "report_zh": ""}
+                                       for i in range(n)])))
+    with pytest.raises(ConfigError, match="grid \\(8, 8, 8\\).*Delete that cache folder"):
+        train_ctseg(tmp_path / "m", [1003], n, progress=False, grid="coarse")
 
 
 def test_training_refuses_evaluation_seeds(tmp_path):
