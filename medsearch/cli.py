@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from medsearch.errors import MedsearchError, NotBuiltError
+from medsearch.errors import ConfigError, MedsearchError, NotBuiltError
 
 
 class _Group(click.Group):
@@ -271,8 +271,9 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 @click.option("--reports", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Reports (CSV/JSONL keyed by accession number) for a hospital archive.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="Model folder.")
-@click.option("--steps", default=None, type=int,
-              help="Optimisation steps of the image tower (default: 900 for ctseg, 1500 otherwise).")
+@click.option("--steps", default=None, type=click.IntRange(min=0),
+              help="Optimisation steps of the image tower (default: 900 for ctseg, 1500 otherwise). ctseg with "
+                   "--init: 0 keeps the tower's weights and only recalibrates and refits the later stages.")
 @click.option("--batch-size", default=None, type=int, help="Studies per step (default: 6 for ctseg, 16 otherwise).")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
 @click.option("--arch", default="ctseg", show_default=True, type=click.Choice(["ctseg", "ctnet", "resnet10"]),
@@ -298,15 +299,21 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
         from medsearch.models.train_seg import SegConfig
         from medsearch.models.train_slots import SlotTrainConfig, train_ctseg
 
-        seg = SegConfig(steps=steps or 900, batch_size=batch_size or 6, seed=seed,
+        if steps == 0 and not init_dir:
+            raise ConfigError("--steps 0 keeps the image tower as it is, but there is no trained tower to keep.",
+                              "Pass --init MODEL_DIR with --steps 0, or train the tower with --steps N.")
+        seg = SegConfig(steps=900 if steps is None else steps, batch_size=batch_size or 6, seed=seed,
                         **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
                               SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir,
                               detail_width=detail_width, grid=grid)
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
-        click.echo(f"trained ctseg in {summary['seconds']:.0f} s: image tower {summary['image']['steps']} steps, "
-                   f"validation slot F1 {summary['image'].get('slot_f1', float('nan')):.3f}; clause head type "
+        image = (f"image tower {summary['image']['steps']} steps, validation slot F1 "
+                 f"{summary['image'].get('slot_f1', float('nan')):.3f}" if summary["image"]["steps"] else
+                 f"image tower kept from {init_dir}, presence recalibrated (slot F1 "
+                 f"{summary['calibration']['slot_f1']:.3f} on training studies)")
+        click.echo(f"trained ctseg in {summary['seconds']:.0f} s: {image}; clause head type "
                    f"accuracy {summary['clause']['type']:.3f}; validation report->volume R@10 "
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")

@@ -66,7 +66,8 @@ SETTINGS: tuple[Setting, ...] = (
             "'medsearch ingest' (1: in-process; 0: one per core, at most 4). Small ingests run in-process.", int),
     # -- model and index
     Setting("model_dir", "", "Folder of a trained model. Empty means the model bundled with medsearch."),
-    Setting("model_int8", True, "Run the towers with INT8 dynamic quantization on the CPU.", bool),
+    Setting("model_int8", False, "Run the towers' linear layers with INT8 dynamic quantization on the CPU "
+            "(text about 2x faster; costs the shipped model 1.5 points of R@10, see docs/model.md).", bool),
     Setting("index_kind", "auto", "Vector index structure.", choices=("auto", "flat", "ivf", "ivfsq", "hnsw", "ivfpq")),
     Setting("index_flat_threshold", 20000, "Below this many vectors, 'auto' uses an exact flat index.", int),
     Setting("index_memory_budget_mb", 4096, "Memory budget for the index; 'auto' compresses (IVF-SQ8, then IVF-PQ) above it.", int),

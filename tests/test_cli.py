@@ -57,3 +57,10 @@ def test_bad_config_stops_with_hint(home):
     result = CliRunner().invoke(cli, ["--home", str(home), "doctor"])
     assert result.exit_code == 2
     assert "Did you mean 'log_format'" in result.output
+
+
+def test_train_refuses_zero_steps_without_a_tower_to_keep(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "m"), "--steps", "0", "--synth-seed", "1003"])
+    assert result.exit_code != 0
+    assert "--steps 0 keeps the image tower" in result.output and "--init MODEL_DIR" in result.output
+    assert not (tmp_path / "m").exists()

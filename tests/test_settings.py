@@ -46,9 +46,9 @@ def test_bad_environment_is_rejected(tmp_path, env, fragment):
 
 
 def test_env_types_are_parsed():
-    s = load_settings(None, env={"MEDSEARCH_MODEL_INT8": "off", "MEDSEARCH_INGEST_MODALITIES": "CT, MR,PT",
+    s = load_settings(None, env={"MEDSEARCH_MODEL_INT8": "on", "MEDSEARCH_INGEST_MODALITIES": "CT, MR,PT",
                                  "MEDSEARCH_DATABASE_URL": "postgresql://u@h:5432/db"})
-    assert s.model_int8 is False
+    assert s.model_int8 is True
     assert s.ingest_modalities == ["CT", "MR", "PT"]
     assert s.database_url == "postgresql://u@h:5432/db"
 

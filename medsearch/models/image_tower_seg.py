@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsearch import vocab
+from medsearch.models.slots import VOXEL_FLOOR
 
 N_REGIONS = 1 + len(vocab.LOBES)
 N_TYPES = len(vocab.FINDING_TYPES)
@@ -94,6 +95,8 @@ class SegEncoder(nn.Module):
         # per-type calibration of slot presence from voxel counts (medsearch.models.slots.image_slots)
         self.presence_scale = nn.Parameter(torch.full((N_TYPES,), 3.0))
         self.presence_offset = nn.Parameter(torch.zeros(N_TYPES))
+        # the voxel probability each type's count starts above; fitted by calibration, not by gradients
+        self.register_buffer("presence_floor", torch.full((N_TYPES,), VOXEL_FLOOR))
         self.pooled_dim = 2 * w4
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

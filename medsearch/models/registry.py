@@ -44,6 +44,10 @@ class EncodedVolume:
     canon_affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
+#: Buffers that older model files lack; they load with the new model's default.
+_DEFAULTED_BUFFERS = ("image.presence_floor",)
+
+
 class Encoder:
     """A loaded model: image side, text projection and (lazily) MiniLM."""
 
@@ -63,7 +67,12 @@ class Encoder:
                             detail_width=int(self.config.get("detail_width", 0)),
                             spatial_pool=self.config.get("spatial_pool"))
         state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        state = {k: v.float() for k, v in state.items()}
+        # models saved before the per-type voxel floor existed used one floor for every type
+        for name in _DEFAULTED_BUFFERS:
+            if name not in state and name in model.state_dict():
+                state[name] = model.state_dict()[name]
+        model.load_state_dict(state)
         model.eval()
         self.int8 = int8
         if int8:

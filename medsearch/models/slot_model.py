@@ -93,12 +93,17 @@ class SlotModel(nn.Module):
         self.image = SegEncoder(detail_width=detail_width)
         self.clause = ClauseHead()
         self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(0.0))
+        self.dim = dim
+        self.reset_projection()
+
+    def reset_projection(self) -> None:
+        """The identity projection (the attribute vector itself, zero-padded) and the initial temperature."""
         with torch.no_grad():
             self.proj.weight.zero_()
-            n = min(dim, FULL_ATTR_DIM)
+            n = min(self.dim, FULL_ATTR_DIM)
             self.proj.weight[:n, :n] = torch.eye(n)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
-        self.dim = dim
+            self.logit_scale.fill_(math.log(1 / 0.07))
 
     def project(self, attr: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(attr), dim=-1)
@@ -109,7 +114,8 @@ class SlotModel(nn.Module):
 
     def encode_image(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         maps, _ = self.image(x)
-        out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset))
+        out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset,
+                                    floor=self.image.presence_floor))
         out["maps"] = maps
         out["attributes"] = self.image_attributes(out)
         out["embedding"] = self.project(out["attributes"])

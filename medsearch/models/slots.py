@@ -32,7 +32,9 @@ ATTR_DIM = T + T * L + T * L * D + T * L * Z
 #: Which types carry a density / a size (1.0) in the vector.
 DENSITY_MASK = torch.tensor([float(t in DENSITY_TYPES) for t in vocab.FINDING_TYPES])
 SIZE_MASK = torch.tensor([float(t in SIZED_TYPES) for t in vocab.FINDING_TYPES])
-#: Voxel probabilities below this count for nothing in a slot's presence.
+#: Voxel probabilities below this count for nothing in a slot's presence: the default of a tower's
+#: per-type ``presence_floor``, which calibration (stage 1b of ``medsearch train``) refits per type,
+#: because one type's voxel maps may never reach a floor that suits another's.
 VOXEL_FLOOR = 0.3
 #: log(mm) edges of the size bins (0 and inf at the ends).
 _EDGES = [0.0] + [math.log(b) for b in vocab.SIZE_BINS_MM[:-1]]
@@ -66,17 +68,20 @@ def attribute_vector(presence: torch.Tensor, density: torch.Tensor, size: torch.
     return torch.cat([types, presence.reshape(b, -1), pd.reshape(b, -1), pz.reshape(b, -1)], dim=1)
 
 
-def slot_counts(w: torch.Tensor) -> torch.Tensor:
-    """Soft count (..., ) of the voxels whose type-and-lobe probability ``w`` (..., V) clears VOXEL_FLOOR."""
-    return ((w - VOXEL_FLOOR).clamp_min(0) / (1 - VOXEL_FLOOR)).sum(dim=-1)
+def slot_counts(w: torch.Tensor, floor: torch.Tensor | float = VOXEL_FLOOR) -> torch.Tensor:
+    """Soft count (..., T, L) of the voxels whose type-and-lobe probability ``w`` (..., T, L, V) clears
+    the floor: a number, or one per type (T,)."""
+    if isinstance(floor, torch.Tensor):
+        floor = floor.to(w)[:, None, None]
+    return ((w - floor).clamp_min(0) / (1 - floor)).sum(dim=-1)
 
 
 def image_slots(maps: torch.Tensor, scale: torch.Tensor | None = None, offset: torch.Tensor | None = None,
-                threshold: float = 0.5) -> dict[str, torch.Tensor]:
+                threshold: float = 0.5, floor: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Study-level slots from the tower's voxel maps.
 
     A slot's presence follows how many voxels confidently show the type in the lobe (a soft count of
-    the voxels above :data:`VOXEL_FLOOR`), through a per-type logistic calibration: a count is robust
+    the voxels above a per-type floor), through a per-type logistic calibration: a count is robust
     to a stray voxel where a peak is not.
 
     Args:
@@ -85,6 +90,8 @@ def image_slots(maps: torch.Tensor, scale: torch.Tensor | None = None, offset: t
             (the tower's ``presence_scale`` / ``presence_offset``; defaults 3 and 0).
         threshold: voxels whose type-and-lobe probability reaches this fraction of the slot's peak
             give the slot's density and size (so that the faint background does not).
+        floor: (T,) the voxel probability each type's count starts above (the tower's
+            ``presence_floor``; default :data:`VOXEL_FLOOR` for every type).
 
     Returns:
         ``presence`` (B, T, L) (differentiable), ``density`` (B, T, L, D) and ``size`` (B, T, L, Z)
@@ -98,7 +105,7 @@ def image_slots(maps: torch.Tensor, scale: torch.Tensor | None = None, offset: t
     region = torch.softmax(flat[:, :nr], dim=1)[:, 1:]                       # (B, L, V)
     types = torch.sigmoid(flat[:, nr:nr + nt])                               # (B, T, V)
     w = types[:, :, None] * region[:, None]                                  # (B, T, L, V)
-    count = slot_counts(w)
+    count = slot_counts(w, VOXEL_FLOOR if floor is None else floor)
     scale = torch.full((nt,), 3.0, device=maps.device) if scale is None else scale
     offset = torch.zeros(nt, device=maps.device) if offset is None else offset
     presence = torch.sigmoid(scale[None, :, None] * (torch.log(count + 0.05) - offset[None, :, None]))

@@ -242,7 +242,8 @@ def slot_f1(model, data: DenseSet, device, batch: int = 8) -> dict:
         idx = list(range(i, min(i + batch, len(data))))
         x = make_batch(data, idx, random.Random(0), augment=False)["x"].to(device)
         maps, _ = model.image(x)
-        pred = (image_slots(maps, model.image.presence_scale, model.image.presence_offset)["presence"] >= 0.5).cpu()
+        pred = (image_slots(maps, model.image.presence_scale, model.image.presence_offset,
+                            floor=model.image.presence_floor)["presence"] >= 0.5).cpu()
         true = torch.from_numpy(data.presence[idx]) > 0.5
         tp += int((pred & true).sum())
         fp += int((pred & ~true).sum())
@@ -298,7 +299,7 @@ def train_image(model, train: DenseSet, val: DenseSet | None, out: Path, cfg: Se
         idx = [rng.randrange(len(train)) for _ in range(cfg.batch_size)]
         batch = make_batch(train, idx, rng)
         maps, _ = net(batch["x"].to(dev))
-        presence = image_slots(maps, net.presence_scale, net.presence_offset)["presence"]
+        presence = image_slots(maps, net.presence_scale, net.presence_offset, floor=net.presence_floor)["presence"]
         loss, parts = seg_loss(maps, presence, batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -318,6 +319,6 @@ def train_image(model, train: DenseSet, val: DenseSet | None, out: Path, cfg: Se
         if stop_after is not None and done >= stop_after:
             break
     bar.close()
-    return {"steps": done, "loss": round(ema if ema is not None else float("nan"), 4),
+    return {"steps": done, "loss": round(ema, 4) if ema is not None else None,
             "seconds": round(time.perf_counter() - t0, 1), "history": history,
             **({k: v for k, v in val_m.items() if k in ("slot_f1", "exact")})}

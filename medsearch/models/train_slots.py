@@ -1,7 +1,8 @@
 """``medsearch train`` for the ``ctseg`` model: three stages.
 
 1. The image tower on voxel targets (:mod:`medsearch.models.train_seg`); then (1b) the per-type
-   calibration of slot presence, refitted on the final voxel maps of the training studies.
+   calibration of slot presence (each type's voxel floor, scale and offset), refitted on the final voxel
+   maps of the training studies.
 2. The clause head on labelled canonical clauses (:mod:`medsearch.models.clauses`): which finding,
    lobes, density and size a clause names.
 3. The shared projection and temperature with symmetric InfoNCE between the image tower's attribute
@@ -29,6 +30,7 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from medsearch import vocab
 from medsearch.models import phrases
 from medsearch.models.clause_head import clause_targets
 from medsearch.models.clauses import clause_examples, split_clauses
@@ -60,8 +62,13 @@ class SlotTrainConfig:
 
 
 # --------------------------------------------------------------------------- stage 1b
+#: Voxel floors stage 1b chooses among, per finding type.
+FLOOR_CANDIDATES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+
+
 @torch.no_grad()
-def _log_counts(model, data: DenseSet, batch: int = 8) -> torch.Tensor:
+def _log_counts(model, data: DenseSet, floors: tuple[float, ...], batch: int = 8) -> torch.Tensor:
+    """log(soft voxel count + 0.05) of every study, floor and slot: (N, F, T, L)."""
     from medsearch.models.image_tower_seg import HEAD_SPLIT
     from medsearch.models.slots import slot_counts
 
@@ -73,41 +80,72 @@ def _log_counts(model, data: DenseSet, batch: int = 8) -> torch.Tensor:
         maps, _ = model.image(make_batch(data, idx, random.Random(0), augment=False)["x"])
         flat = maps.flatten(2)
         w = torch.sigmoid(flat[:, nr:nr + nt])[:, :, None] * torch.softmax(flat[:, :nr], dim=1)[:, 1:][:, None]
-        out.append(torch.log(slot_counts(w) + 0.05))
+        out.append(torch.stack([torch.log(slot_counts(w, f) + 0.05) for f in floors], dim=1))
     model.train()
     return torch.cat(out)
 
 
-def calibrate_presence(model, data: DenseSet, steps: int = 300) -> dict:
-    """Stage 1b: refit the per-type presence calibration (scale, offset) on the training studies.
+def _fit_logistic(x: torch.Tensor, y: torch.Tensor, scale0: torch.Tensor, offset0: torch.Tensor,
+                  steps: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (floor, type) logistic fits of ``y`` (N, T, L) on ``x`` (N, F, T, L).
 
-    Stage 1 fits it too, but slowly and while the voxel maps still change; one logistic fit per type
-    on the final maps' log voxel counts against the labelled slots sets how many confident voxels make
-    a finding (fewer false findings, which the embedding and attribute matching both feel).
+    Returns scale (F, T), offset (F, T) and the fitted BCE (F, T).
     """
-    x = _log_counts(model, data)                                            # (N, T, L)
-    y = torch.from_numpy(data.presence).float()
-    scale = model.image.presence_scale.detach().clone().requires_grad_(True)
-    offset = model.image.presence_offset.detach().clone().requires_grad_(True)
+    nf = x.shape[1]
+    # a degenerate stage-1 scale (a type whose counts were constant) would start the fit flat
+    scale = scale0.detach().clamp_min(1.0)[None].repeat(nf, 1).requires_grad_(True)
+    # start each floor's offset at the middle of its log counts, where a logistic can learn
+    offset = x.mean(dim=(0, 3)).detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([scale, offset], lr=0.05)
+    yy = y[:, None].expand_as(x)
     for _ in range(steps):
-        logits = scale[None, :, None] * (x - offset[None, :, None])
-        loss = F.binary_cross_entropy_with_logits(logits, y)
+        logits = scale[None, :, :, None] * (x - offset[None, :, :, None])
+        loss = F.binary_cross_entropy_with_logits(logits, yy, reduction="none").mean(dim=(0, 3))
         opt.zero_grad()
-        loss.backward()
+        loss.sum().backward()
         opt.step()
     with torch.no_grad():
+        logits = scale[None, :, :, None] * (x - offset[None, :, :, None])
+        bce = F.binary_cross_entropy_with_logits(logits, yy, reduction="none").mean(dim=(0, 3))
+    return scale.detach(), offset.detach(), bce
+
+
+def calibrate_presence(model, data: DenseSet, steps: int = 300,
+                       floors: tuple[float, ...] = FLOOR_CANDIDATES) -> dict:
+    """Stage 1b: refit the per-type presence calibration (floor, scale, offset) on the training studies.
+
+    Stage 1 fits scale and offset too, but slowly and while the voxel maps still change; here one
+    logistic fit per type and candidate floor on the final maps' log voxel counts against the
+    labelled slots sets how many confident voxels make a finding (fewer false findings, which the
+    embedding and attribute matching both feel), and each type keeps the floor whose fit is best.
+    A type whose voxel probabilities never reach the old common floor (0.3) got one constant
+    presence for every study; its own, lower floor lets its counts tell studies apart.
+    """
+    img = model.image
+    x = _log_counts(model, data, floors)                                    # (N, F, T, L)
+    y = torch.from_numpy(data.presence).float()
+    with torch.no_grad():
+        cur = torch.tensor([min(range(len(floors)), key=lambda j: abs(floors[j] - float(f)))
+                            for f in img.presence_floor])
+        x_cur = x[:, cur, torch.arange(T)]                                    # (N, T, L)
         before = F.binary_cross_entropy_with_logits(
-            model.image.presence_scale[None, :, None] * (x - model.image.presence_offset[None, :, None]), y)
-        model.image.presence_scale.copy_(scale.detach())
-        model.image.presence_offset.copy_(offset.detach())
-        fitted = scale[None, :, None] * (x - offset[None, :, None])
+            img.presence_scale[None, :, None] * (x_cur - img.presence_offset[None, :, None]), y)
+    scale, offset, bce = _fit_logistic(x, y, img.presence_scale, img.presence_offset, steps)
+    best = bce.argmin(dim=0)                                                 # (T,)
+    types = torch.arange(T)
+    with torch.no_grad():
+        img.presence_floor.copy_(torch.tensor([floors[j] for j in best.tolist()]))
+        img.presence_scale.copy_(scale[best, types])
+        img.presence_offset.copy_(offset[best, types])
+        xb = x[:, best, types]
+        fitted = img.presence_scale[None, :, None] * (xb - img.presence_offset[None, :, None])
         after = F.binary_cross_entropy_with_logits(fitted, y)
         pred = torch.sigmoid(fitted) >= 0.5
         truth = y >= 0.5
         tp, fp, fn = int((pred & truth).sum()), int((pred & ~truth).sum()), int((~pred & truth).sum())
     return {"bce_before": round(float(before), 4), "bce_after": round(float(after), 4),
-            "slot_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4), "studies": len(data)}
+            "slot_f1": round(2 * tp / max(1, 2 * tp + fp + fn), 4), "studies": len(data),
+            "floor": {t: floors[j] for t, j in zip(vocab.FINDING_TYPES, best.tolist())}}
 
 
 # --------------------------------------------------------------------------- stage 2
@@ -264,8 +302,14 @@ def _evaluate_projection(model, val) -> dict:
 
 def tune_projection(model, train_meta, train_img, val_meta, val_img, text_cache, cfg: SlotTrainConfig,
                     progress: bool = True) -> dict:
-    """Stage 3: InfoNCE on the projection and temperature; keeps the identity unless tuning helps."""
+    """Stage 3: InfoNCE on the projection and temperature; keeps the identity unless tuning helps.
+
+    Tuning starts from the identity even when the model was warm-started (``--init``): a projection
+    tuned to another model's calibration is no baseline for this one's (measured in docs/model.md).
+    """
     from medsearch.models.data import perturb
+
+    model.reset_projection()
 
     texts, owners = study_texts(train_meta, cfg.seed)
     # one hard negative per phrase: the spec with one attribute changed (lobe, side, density or size)
@@ -422,6 +466,20 @@ def warm_start(model, init: Path) -> dict:
     return {"from": init.name, "loaded": len(same), "fresh": fresh}
 
 
+def ancestry(init: Path) -> tuple[list[dict], list[str]]:
+    """The runs behind the model in ``init`` (oldest first, itself last) and its training study keys."""
+    from medsearch.models.train import CONFIG_FILE
+
+    config = json.loads((Path(init) / CONFIG_FILE).read_text())
+    summary = config.get("summary", {})
+    run = {"model": Path(init).name, "grid": config.get("grid", "coarse"),
+           "train_seeds": config.get("train_seeds", []), "train_archives": config.get("train_archives", []),
+           "train_studies": config.get("train_studies"), "train": config.get("train", {}),
+           "image": {k: v for k, v in summary.get("image", {}).items() if k != "history"},
+           "calibration": summary.get("calibration"), "init": (summary.get("init") or {}).get("from")}
+    return config.get("lineage", []) + [run], list(config.get("train_study_keys", []))
+
+
 def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives: list[Path] | None = None,
                 reports: Path | None = None, cfg: SlotTrainConfig | None = None, progress: bool = True,
                 workers: int = 2, val_fraction: float = 0.1, init: Path | None = None,
@@ -480,13 +538,20 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     model = SlotModel(detail_width=DETAIL_WIDTH if detail_width is None else detail_width,
                       spatial_pool=g.spatial_pool)
     warm = warm_start(model, init) if init else None
+    lineage: list[dict] = []
+    if init:
+        # what the warm start carries over: its runs (so the card can say how the weights were trained)
+        # and its training studies (so that evaluation still refuses them)
+        lineage, inherited = ancestry(init)
+        keys += inherited
     summary = train_slot_model(model, train, val, out, cfg, progress=progress)
     if warm is not None:
         summary["init"] = warm
     save_slot_model(model, out, {
         "summary": {k: v for k, v in summary.items() if k != "config"}, "train": summary["config"],
         "train_studies": len(train), "val_studies": len(val), "train_seeds": list(synth_seeds),
-        "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys))},
+        "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys)),
+        **({"lineage": lineage} if lineage else {})},
         grid=grid)
     return summary
 

@@ -92,7 +92,10 @@ def test_shipped_model_loads_encodes_and_fits_the_budget():
     assert sum(f.stat().st_size for f in files) <= 15 * 1024 * 1024
     config = json.loads(files[1].read_text())
     assert config["arch"] == "ctseg"
-    assert config["train"]["seg"]["steps"] > 0 and config["summary"]["image"]["steps"] == config["train"]["seg"]["steps"]
+    # trained for real: this run or the runs it was warm-started from (a recalibration keeps the tower)
+    runs = [{"train": config["train"], "image": config["summary"]["image"]}] + config.get("lineage", [])
+    assert all(r["image"]["steps"] == r["train"]["seg"]["steps"] for r in runs)
+    assert sum(r["image"]["steps"] for r in runs) > 0
     enc = registry.load_encoder(registry.DEFAULT_MODEL_DIR, int8=False)
     _check_encoded(enc, _volume())
 
@@ -127,3 +130,15 @@ def test_evaluation_encodes_with_the_models_own_input_windows(any_untrained_dir,
     enc = registry.Encoder(any_untrained_dir)
     emb = encode_studies(enc, phantom_studies[:2])
     assert emb.shape == (2, enc.dim) and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-4)
+
+
+def test_a_model_saved_before_per_type_floors_loads_with_the_common_floor(tmp_path):
+    from medsearch.models.slots import VOXEL_FLOOR
+
+    folder = _save_untrained("ctseg", tmp_path / "old")
+    state = torch.load(folder / MODEL_FILE, weights_only=True)
+    del state["image.presence_floor"]
+    torch.save(state, folder / MODEL_FILE)
+    enc = registry.Encoder(folder)
+    assert [float(f) for f in enc.model.image.presence_floor] == pytest.approx([VOXEL_FLOOR] * 9)
+    _check_encoded(enc, _volume())

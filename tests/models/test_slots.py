@@ -243,3 +243,31 @@ def test_decode_keeps_only_regions_whose_slot_is_present():
     presence[vocab.FINDING_TYPES.index("nodule"), vocab.LOBES.index("right upper lobe")] = 0.8
     (f,) = decode(maps, canon, native, shape, presence=presence)
     assert f["probability"] == pytest.approx(0.8)
+
+
+def test_a_types_own_voxel_floor_decides_which_voxels_count():
+    from medsearch.models.slots import slot_counts
+
+    w = torch.zeros(1, T, L, 10)
+    w[0, :, 0, :4] = 0.25                         # every type: four faint voxels in one lobe
+    common = slot_counts(w)                       # the common floor (0.3) counts none of them
+    assert float(common.sum()) == 0.0
+    floor = torch.full((T,), 0.3)
+    floor[2] = 0.1                                # one type's own, lower floor counts its voxels
+    own = slot_counts(w, floor)
+    assert float(own[0, 2, 0]) == pytest.approx(4 * 0.15 / 0.9)
+    assert float(own.sum()) == pytest.approx(float(own[0, 2, 0]))
+
+
+def test_image_slots_use_the_floor_they_are_given():
+    nr, nt, _, _ = HEAD_SPLIT
+    maps = torch.full((1, sum(HEAD_SPLIT), 4, 6, 6), -8.0)
+    maps[0, 1 + vocab.LOBES.index("right lower lobe")] = 8.0
+    t = vocab.FINDING_TYPES.index("emphysema")
+    maps[0, nr + t, :2] = float(torch.logit(torch.tensor(0.25)))   # faint, below the common floor
+    floor = torch.full((nt,), 0.3)
+    off = torch.zeros(nt)
+    faint = image_slots(maps, torch.full((nt,), 3.0), off)["presence"][0, t].max()
+    floor[t] = 0.1
+    counted = image_slots(maps, torch.full((nt,), 3.0), off, floor=floor)["presence"][0, t].max()
+    assert float(faint) < 0.01 < 0.99 < float(counted)

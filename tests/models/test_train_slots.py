@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from medsearch import vocab
 from medsearch.models import registry
 from medsearch.models.train_seg import CHECKPOINT, DenseSet, SegConfig, train_image
 from medsearch.models.train_slots import SlotTrainConfig, dense_from_studies, train_ctseg
@@ -74,6 +75,17 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     assert out.spatial.shape[1:] == (10, 10, 14)  # (X, Y, Z): half of (112, 112, 56), pooled 6, 6, 2
     assert enc.encode_texts(["right upper lobe 8 mm nodule, left pleural effusion", "no abnormality"]).shape == \
         (2, enc.dim)
+    # --steps 0 --init: the tower's weights stay; calibration (with its floors) and the later stages refit
+    again = train_ctseg(tmp_path / "r", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "seg": SegConfig(
+        steps=0, batch_size=2)}), progress=False, workers=1, detail_width=8, grid="fine", init=tmp_path / "m")
+    assert again["image"]["steps"] == 0 and again["image"]["loss"] is None
+    config = registry.Encoder(tmp_path / "r").config
+    assert [r["image"]["steps"] for r in config["lineage"]] == [2] and config["lineage"][0]["grid"] == "fine"
+    assert set(config["train_study_keys"]) == set(enc.config["train_study_keys"])
+    assert set(again["calibration"]["floor"]) == set(vocab.FINDING_TYPES)
+    kept = registry.Encoder(tmp_path / "r").model.image.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in enc.model.image.state_dict().items()
+               if not k.startswith("presence_"))
 
 
 def test_warm_start_loads_matching_weights_and_keeps_new_parts_fresh(tmp_path):
@@ -195,3 +207,26 @@ def test_hard_negative_loss_is_zero_without_lung_voxels():
     loss = hard_negative_loss(logits, torch.zeros(2, 3, 4, 4, 4), torch.zeros(2, 4, 4, 4, dtype=torch.long), k=4)
     loss.backward()      # a batch without lungs still trains the rest
     assert loss.item() == 0.0 and logits.grad is not None
+
+
+def test_presence_calibration_chooses_each_types_floor(tiny_set, monkeypatch):
+    """A type whose counts only vary at a low floor gets that floor; the others keep an informative one."""
+    from medsearch.models import train_slots
+    from medsearch.models.slot_model import SlotModel
+    from medsearch.models.slots import T
+
+    data = tiny_set.subset(range(len(tiny_set)))
+    floors = (0.1, 0.3, 0.5)
+    y = torch.zeros(data.presence.shape)
+    y[:3, :, 0] = 1.0                                       # every type present in one lobe of half the studies
+    data.presence = y.numpy().copy()
+    x = torch.full((len(data), len(floors), *y.shape[1:]), float(np.log(0.05)))
+    x[:, 0, 0] = torch.log(4 * y[:, 0] + 0.05)              # type 0: only the lowest floor's counts vary
+    x[:, 2, 1:] = torch.log(4 * y[:, 1:] + 0.05)            # the others: the highest floor's counts vary
+    monkeypatch.setattr(train_slots, "_log_counts", lambda model, d, fl: x)
+
+    model = SlotModel()
+    out = train_slots.calibrate_presence(model, data, steps=200, floors=floors)
+    assert [float(f) for f in model.image.presence_floor] == pytest.approx([0.1] + [0.5] * (T - 1))
+    assert out["floor"] == {t: (0.1 if i == 0 else 0.5) for i, t in enumerate(vocab.FINDING_TYPES)}
+    assert out["bce_after"] < out["bce_before"] and out["slot_f1"] == 1.0
