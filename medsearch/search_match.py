@@ -11,7 +11,12 @@ the findings the attribute heads predicted for a series (``findings`` rows).
   than the model predicts (a segment within a lobe) gets partial credit, since
   the heads cannot tell segments apart.
 * A negated finding ("no pleural effusion") **excludes** every series in which
-  the model predicts it (probability >= ``NEGATION_THRESHOLD``).
+  the model predicts it (probability >= ``NEGATION_THRESHOLD``).  In a query of
+  ``REPORT_FINDINGS`` findings or more (a pasted report, whose pertinent
+  negatives "no pneumothorax, no nodules" are said as a matter of form) only a
+  confident prediction (>= ``NEGATION_EXCLUDE``) excludes; a weaker one counts
+  against the series, so that a weak detector's false positive does not drop
+  the very study the report describes (docs/index-and-search.md).
 * Weights adapt to the query: a one-word query relies on the global embedding;
   each further attribute moves weight to attribute and region matching.
 
@@ -25,8 +30,12 @@ from dataclasses import dataclass, field
 
 from medsearch import vocab
 
-#: A predicted finding at or above this probability excludes a series for a negated query finding.
+#: A predicted finding at or above this probability contradicts a negated query finding ...
 NEGATION_THRESHOLD = 0.5
+#: ... and excludes the series, unless the query is a report (this many findings or more) ...
+REPORT_FINDINGS = 4
+#: ... where only a prediction at or above this probability excludes.
+NEGATION_EXCLUDE = 0.9
 #: Relative tolerance on size bounds: predictions are size *bins*, and reports round.
 SIZE_TOLERANCE = 0.15
 #: Credit for a query site finer than the predicted one (a segment inside the predicted lobe).
@@ -42,8 +51,10 @@ class Match:
     """The attribute match of one series.
 
     Attributes:
-        score: mean over positive query findings of ``probability x fraction of attributes met``, in [0, 1].
-        excluded: True when a negated query finding is predicted in the series.
+        score: in [0, 1], the mean over positive query findings of ``probability x fraction of attributes
+            met``, times the share of negated query findings that the series does not contradict.
+        excluded: True when a negated query finding is predicted in the series (in a report-length query:
+            predicted confidently).
         matched / unmatched: human-readable attribute values ("nodule", "left lower lobe", "no pleural effusion").
         best: for each positive query finding, the predicted finding row that matched it best (or None).
     """
@@ -223,12 +234,15 @@ def match(parsed: dict | tuple, preds: list[dict]) -> Match:
     """Match a parse (``ParsedQuery.to_dict()``, or :func:`prepare` of it) against one series' predicted findings."""
     pos, neg = parsed if isinstance(parsed, tuple) else query_findings(parsed)
     m = Match()
+    kept = []
+    exclude_at = NEGATION_EXCLUDE if len(pos) + len(neg) >= REPORT_FINDINGS else NEGATION_THRESHOLD
     for qf in neg:
-        hit = any(_concept_ok(qf["concept"], p) and float(p.get("probability", 1.0)) >= NEGATION_THRESHOLD
-                  and (not qf.get("site") or site_score(p.get("site"), qf["site"]) > 0)
-                  for p in preds)
+        p_hit = max((float(p.get("probability", 1.0)) for p in preds if _concept_ok(qf["concept"], p)
+                     and (not qf.get("site") or site_score(p.get("site"), qf["site"]) > 0)), default=0.0)
+        hit = p_hit >= NEGATION_THRESHOLD
         (m.unmatched if hit else m.matched).append(f"no {qf['concept']}")
-        m.excluded = m.excluded or hit
+        m.excluded = m.excluded or p_hit >= exclude_at
+        kept.append(0.0 if hit else 1.0)
     scores = []
     for qf in pos:
         score, best, attrs = match_finding(qf, preds)
@@ -241,8 +255,7 @@ def match(parsed: dict | tuple, preds: list[dict]) -> Match:
             if attr != "size" and not qf.get(attr):
                 continue
             (m.matched if attrs.get(attr, 0.0) >= 0.5 else m.unmatched).append(_label(qf, attr))
-    if pos:
-        m.score = sum(scores) / len(scores)
-    elif neg:
-        m.score = 0.0 if m.excluded else 1.0
+    if (pos or neg) and not m.excluded:
+        # the positive findings' mean, scaled by the share of negated findings the series does not contradict
+        m.score = (sum(scores) / len(scores) if pos else 1.0) * (sum(kept) / len(kept) if neg else 1.0)
     return m

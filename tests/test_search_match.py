@@ -81,13 +81,32 @@ def test_best_of_several_predictions_is_used():
     assert m.best == [GGN_LLL]
 
 
-@pytest.mark.parametrize("probability, excluded", [(0.9, True), (0.2, False)])
+@pytest.mark.parametrize("probability, excluded", [(0.9, True), (0.6, True), (0.2, False)])
 def test_negation_excludes_predicted_finding(probability, excluded):
     preds = [GGN_LLL, pred("pleural effusion", "pleura", "right", probability=probability)]
     m = sm.match(q(qf("nodule"), qf("pleural effusion", negated=True)), preds)
     assert m.excluded is excluded
     assert ("no pleural effusion" in m.unmatched) is excluded
     assert ("no pleural effusion" in m.matched) is not excluded
+
+
+REPORT = (qf("nodule"), qf("pleural effusion", negated=True), qf("pneumothorax", negated=True),
+          qf("consolidation", negated=True), qf("mass", negated=True))
+
+
+@pytest.mark.parametrize("probability, excluded, contradicted", [
+    (0.95, True, True),     # predicted confidently: the series is excluded
+    (0.6, False, True),     # predicted, not confidently: it costs the series its share of the negations
+    (0.2, False, False),    # not predicted: the negation is met
+])
+def test_a_reports_pertinent_negatives_exclude_only_confident_predictions(probability, excluded, contradicted):
+    assert len(REPORT) >= sm.REPORT_FINDINGS
+    preds = [GGN_LLL, pred("pneumothorax", "pleura", "left", probability=probability)]
+    m = sm.match(q(*REPORT), preds)
+    plain = sm.match(q(qf("nodule")), preds)
+    assert plain.score > 0 and m.excluded is excluded
+    assert ("no pneumothorax" in m.unmatched) is contradicted
+    assert m.score == pytest.approx(0.0 if excluded else plain.score * (3 / 4 if contradicted else 1.0))
 
 
 def test_negation_only_query_scores_passing_series_fully():
