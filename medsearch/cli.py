@@ -292,8 +292,12 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
 @click.option("--grid", type=click.Choice(["coarse", "fine"]), default=None,
               help="ctseg: canonical grid; coarse 6.5 x 4.3 x 4.3 mm, fine 5.6 x 3.07 x 3.07 mm (resolves "
                    "small nodules, about 2.7x the training cost). Default: that of new models (docs/model.md).")
+@click.option("--focal-steps", default=None, type=click.IntRange(min=0),
+              help="ctseg: steps of the focal head for nodules (stage 1c: whole volumes, the rest of the tower "
+                   "frozen; kept only if it beats the U-Net on validation). Default 0: none trained, and a focal "
+                   "head the --init model has is kept as it is.")
 def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir,
-          detail_width, grid):
+          detail_width, grid, focal_steps):
     """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
     if arch == "ctseg":
         from medsearch.models.train_seg import SegConfig
@@ -304,8 +308,11 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                               "Pass --init MODEL_DIR with --steps 0, or train the tower with --steps N.")
         seg = SegConfig(steps=900 if steps is None else steps, batch_size=batch_size or 6, seed=seed,
                         **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
+        from medsearch.models.train_focal import FocalConfig
+
+        focal = FocalConfig(seed=seed, **({} if focal_steps is None else {"steps": focal_steps}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
-                              SlotTrainConfig(seg=seg, seed=seed), workers=workers, init=init_dir,
+                              SlotTrainConfig(seg=seg, focal=focal, seed=seed), workers=workers, init=init_dir,
                               detail_width=detail_width, grid=grid)
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
@@ -313,13 +320,19 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                  f"{summary['image'].get('slot_f1', float('nan')):.3f}" if summary["image"]["steps"] else
                  f"image tower kept from {init_dir}, presence recalibrated (slot F1 "
                  f"{summary['calibration']['slot_f1']:.3f} on training studies)")
+        focal = summary.get("focal") or {}
+        if focal.get("steps"):
+            aucs = (focal.get("val_auc") or {}).get("nodule") or {}
+            image += (f"; focal head {focal['steps']} steps, {'kept' if focal['kept'] else 'not kept'} (validation "
+                      f"nodule AUC {aucs.get('focal') or float('nan'):.3f} vs the U-Net's "
+                      f"{aucs.get('unet') or float('nan'):.3f})")
         click.echo(f"trained ctseg in {summary['seconds']:.0f} s: {image}; clause head type "
                    f"accuracy {summary['clause']['type']:.3f}; validation report->volume R@10 "
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
         return
-    if init_dir or detail_width or grid:
-        raise click.UsageError("--init, --detail-width and --grid apply to --arch ctseg only.")
+    if init_dir or detail_width or grid or focal_steps is not None:
+        raise click.UsageError("--init, --detail-width, --grid and --focal-steps apply to --arch ctseg only.")
     if not archive:
         raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives

@@ -64,3 +64,11 @@ def test_train_refuses_zero_steps_without_a_tower_to_keep(tmp_path):
     assert result.exit_code != 0
     assert "--steps 0 keeps the image tower" in result.output and "--init MODEL_DIR" in result.output
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", [["--focal-steps", "10"], ["--grid", "fine"], ["--detail-width", "8"]])
+def test_ctseg_only_options_are_refused_for_the_dual_encoder(tmp_path, option):
+    result = CliRunner().invoke(cli, ["train", "--arch", "ctnet", "--archive", str(tmp_path), "--out",
+                                      str(tmp_path / "m"), *option])
+    assert result.exit_code != 0
+    assert "apply to --arch ctseg only" in result.output and not (tmp_path / "m").exists()

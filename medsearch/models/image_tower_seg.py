@@ -31,6 +31,8 @@ N_TYPES = len(vocab.FINDING_TYPES)
 N_DENSITIES = len(vocab.DENSITIES)
 #: Output channels: region, types, density, logsize.
 HEAD_SPLIT = (N_REGIONS, N_TYPES, N_DENSITIES, 1)
+#: Finding types whose logits come from the focal head (:class:`_FocalHead`) when the tower has one.
+FOCAL_TYPES: tuple[str, ...] = ("nodule",)
 
 
 def _coords(x: torch.Tensor) -> torch.Tensor:
@@ -60,6 +62,39 @@ class _Up(nn.Module):
         return self.unit(torch.cat([x, skip], dim=1))
 
 
+class _FocalHead(nn.Module):
+    """A second detector for small focal findings (:data:`FOCAL_TYPES`), trained on crops centred on them.
+
+    The U-Net's whole-volume loss gives a 6-20 mm nodule's few voxels almost no say against ~40,000 others,
+    and its nodule channel stays flat (docs/model.md).  This head is trained separately (stage 1c,
+    :mod:`medsearch.models.train_focal`) on crops of which half hold a nodule, so every step teaches it
+    nodule against vessel.  It sees the windows at full canonical resolution (one strided convolution,
+    where the U-Net's stem has already blurred a nodule into lung texture), the decoder's features for
+    context and the region probabilities (inside the lungs or not).
+
+    Args:
+        in_channels: image channels (the windows).
+        decoder_width: channels of the U-Net's last decoder stage.
+        width: channels of the head's two residual units.
+
+    Shapes:
+        image (B, in_channels, Z, Y, X), decoder (B, decoder_width, Z/2, Y/2, X/2), region logits
+        (B, N_REGIONS, Z/2, Y/2, X/2) -> logits (B, len(FOCAL_TYPES), Z/2, Y/2, X/2).
+    """
+
+    def __init__(self, in_channels: int, decoder_width: int, width: int):
+        super().__init__()
+        self.stem = Convolution(3, in_channels, 16, strides=2, kernel_size=3, norm="batch", act="relu")
+        self.units = nn.Sequential(
+            ResidualUnit(3, 16 + decoder_width + N_REGIONS, width, strides=1, subunits=2, norm="batch", act="relu"),
+            ResidualUnit(3, width, width, strides=1, subunits=2, norm="batch", act="relu"))
+        self.out = nn.Conv3d(width, len(FOCAL_TYPES), kernel_size=1)
+
+    def forward(self, image: torch.Tensor, decoder: torch.Tensor, region_logits: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.stem(image), decoder, torch.softmax(region_logits, dim=1)], dim=1)
+        return self.out(self.units(x))
+
+
 class SegEncoder(nn.Module):
     """3-D U-Net (MONAI ``Convolution`` + ``ResidualUnit``) with voxel-level heads.
 
@@ -72,6 +107,8 @@ class SegEncoder(nn.Module):
             features beside the input's windows average- and max-pooled to the output grid, so that a
             nodule of one or two voxels, which the strided stem blurs into lung texture, still shows
             at full contrast where the type heads decide.
+        focal_width: channels of the focal head (:class:`_FocalHead`), whose logits replace the
+            U-Net's for :data:`FOCAL_TYPES` (0: none, as in models saved before it existed).
 
     Shapes:
         input (B, in_channels, Z, Y, X), e.g. (B, 5, 48, 80, 80);
@@ -81,7 +118,7 @@ class SegEncoder(nn.Module):
     """
 
     def __init__(self, in_channels: int = 5, widths: tuple[int, int, int, int] = (16, 32, 64, 96),
-                 detail_width: int = 0):
+                 detail_width: int = 0, focal_width: int = 0):
         super().__init__()
         w1, w2, w3, w4 = widths
         self.stem = Convolution(3, in_channels + 3, w1, strides=2, kernel_size=3, norm="batch", act="relu")
@@ -92,6 +129,9 @@ class SegEncoder(nn.Module):
         self.detail = (ResidualUnit(3, w1 + 2 * in_channels, detail_width, strides=1, subunits=2, norm="batch",
                                     act="relu") if detail_width else None)
         self.head = nn.Conv3d(detail_width or w1, sum(HEAD_SPLIT), kernel_size=1)
+        self.focal_width = int(focal_width)
+        self.decoder_width = w1
+        self.focal = _FocalHead(in_channels, w1, focal_width) if focal_width else None
         # per-type calibration of slot presence from voxel counts (medsearch.models.slots.image_slots)
         self.presence_scale = nn.Parameter(torch.full((N_TYPES,), 3.0))
         self.presence_offset = nn.Parameter(torch.zeros(N_TYPES))
@@ -99,7 +139,8 @@ class SegEncoder(nn.Module):
         self.register_buffer("presence_floor", torch.full((N_TYPES,), VOXEL_FLOOR))
         self.pooled_dim = 2 * w4
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The U-Net alone: (its head's maps, the last decoder stage's features, pooled)."""
         image = x
         x = torch.cat([x, _coords(x)], dim=1)
         s1 = self.enc1(self.stem(x))
@@ -108,10 +149,25 @@ class SegEncoder(nn.Module):
         s4 = self.down4(s3)
         # the coordinates again at the last stage, where the heads decide which lobe a voxel is in
         c1 = _coords(s1)
-        h = self.up1(self.up2(self.up3(s4, s3), s2), torch.cat([s1, c1], dim=1))
+        decoder = h = self.up1(self.up2(self.up3(s4, s3), s2), torch.cat([s1, c1], dim=1))
         if self.detail is not None:
             grid = h.shape[2:]
             fine = [F.adaptive_avg_pool3d(image, grid), F.adaptive_max_pool3d(image, grid)]
             h = self.detail(torch.cat([h, *fine], dim=1))
         pooled = torch.cat([s4.mean(dim=(2, 3, 4)), s4.amax(dim=(2, 3, 4))], dim=1)
-        return self.head(h), pooled
+        return self.head(h), decoder, pooled
+
+    def with_focal(self, maps: torch.Tensor, focal: torch.Tensor) -> torch.Tensor:
+        """``maps`` with the focal head's logits in place of the U-Net's for :data:`FOCAL_TYPES`."""
+        parts, at = [], 0
+        for k, t in enumerate(FOCAL_TYPES):
+            c = N_REGIONS + vocab.FINDING_TYPES.index(t)
+            parts += [maps[:, at:c], focal[:, k:k + 1]]
+            at = c + 1
+        return torch.cat([*parts, maps[:, at:]], dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        maps, decoder, pooled = self.decode(x)
+        if self.focal is not None:
+            maps = self.with_focal(maps, self.focal(x, decoder, maps[:, :N_REGIONS]))
+        return maps, pooled

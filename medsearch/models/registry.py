@@ -65,7 +65,8 @@ class Encoder:
             "-int8" if int8 else "")
         model = build_model(self.config["arch"], self.config["dim"],
                             detail_width=int(self.config.get("detail_width", 0)),
-                            spatial_pool=self.config.get("spatial_pool"))
+                            spatial_pool=self.config.get("spatial_pool"),
+                            focal_width=int(self.config.get("focal_width", 0)))
         state = torch.load(model_dir / MODEL_FILE, map_location="cpu", weights_only=True)
         state = {k: v.float() for k, v in state.items()}
         # models saved before the per-type voxel floor existed used one floor for every type
@@ -157,16 +158,16 @@ class Encoder:
 
 
 def build_model(arch: str, dim: int, detail_width: int | None = None,
-                spatial_pool=None) -> torch.nn.Module:
+                spatial_pool=None, focal_width: int = 0) -> torch.nn.Module:
     """An untrained model of ``arch``: "ctseg" (U-Net and finding slots, shipped) or a CLIP-style
     dual encoder ("ctnet", "resnet10").  ``detail_width`` is ctseg's detail stage (None: the default
     of new models), ``spatial_pool`` the pooling of its stored map (None: that of models saved before
-    grids were selectable)."""
+    grids were selectable), ``focal_width`` its focal head (0: none)."""
     if arch == "ctseg":
         from medsearch.models.slot_model import DETAIL_WIDTH, SPATIAL_POOL, SlotModel
 
         return SlotModel(dim, DETAIL_WIDTH if detail_width is None else detail_width,
-                         tuple(spatial_pool) if spatial_pool else SPATIAL_POOL)
+                         tuple(spatial_pool) if spatial_pool else SPATIAL_POOL, focal_width=focal_width)
     from medsearch.models.dual import DualEncoder
 
     return DualEncoder(arch, dim)

@@ -72,6 +72,8 @@ class SlotModel(nn.Module):
         dim: embedding width (256-512; the attribute vector has FULL_ATTR_DIM entries).
         detail_width: the image tower's detail stage (:class:`SegEncoder`); 0 for models saved
             before it existed (their config has no ``detail_width``).
+        focal_width: the image tower's focal head (:class:`SegEncoder`); 0 for models saved before it
+            existed.
         spatial_pool: pooling (z, y, x) of the half-resolution maps into ``spatial``
             (:attr:`SegGrid.spatial_pool` of the grid the model was trained on).
 
@@ -87,10 +89,10 @@ class SlotModel(nn.Module):
     arch = "ctseg"
 
     def __init__(self, dim: int = SLOT_DIM, detail_width: int = DETAIL_WIDTH,
-                 spatial_pool: tuple[int, int, int] = SPATIAL_POOL):
+                 spatial_pool: tuple[int, int, int] = SPATIAL_POOL, focal_width: int = 0):
         super().__init__()
         self.spatial_pool = tuple(int(p) for p in spatial_pool)
-        self.image = SegEncoder(detail_width=detail_width)
+        self.image = SegEncoder(detail_width=detail_width, focal_width=focal_width)
         self.clause = ClauseHead()
         self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(0.0))

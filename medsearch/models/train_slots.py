@@ -39,6 +39,7 @@ from medsearch.models.losses import info_nce
 from medsearch.models.metrics import ranking_metrics, recall_at_k
 from medsearch.models.phrases import SIZED_TYPES
 from medsearch.models.slots import T
+from medsearch.models.train_focal import FocalConfig, train_focal
 from medsearch.models.train_seg import DenseSet, SegConfig, make_batch, train_image
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class SlotTrainConfig:
     seg: SegConfig = field(default_factory=SegConfig)
+    #: stage 1c, the focal head (steps 0: none trained)
+    focal: FocalConfig = field(default_factory=FocalConfig)
     clause_examples: int = 16000
     clause_steps: int = 3000
     clause_batch: int = 256
@@ -373,6 +376,7 @@ def train_slot_model(model, train: DenseSet, val: DenseSet | None, out: Path, cf
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(dev)
     summary: dict = {"image": train_image(model, train, val, out, cfg.seg, device=str(dev), progress=progress)}
+    summary["focal"] = train_focal(model, train, val, cfg.focal, device=str(dev), progress=progress)
     model.cpu()
     calib = train.subset(range(min(len(train), cfg.calibration_studies)))
     summary["calibration"] = calibrate_presence(model, calib)
@@ -430,7 +434,8 @@ def save_slot_model(model, out: Path, meta: dict, grid: str = "coarse") -> None:
     out.mkdir(parents=True, exist_ok=True)
     model.cpu().eval()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / MODEL_FILE)
-    config = {"arch": "ctseg", "dim": model.dim, "detail_width": model.image.detail_width, "grid": grid,
+    config = {"arch": "ctseg", "dim": model.dim, "detail_width": model.image.detail_width,
+              "focal_width": model.image.focal_width if model.image.focal is not None else 0, "grid": grid,
               "canonical_shape": g.shape, "canonical_spacing_mm": g.spacing_mm, "spatial_pool": g.spatial_pool,
               "windows_hu": SEG_WINDOWS, **meta}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
@@ -535,8 +540,10 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     n_val = min(150, max(1, int(len(data) * val_fraction)))
     train, val = data.subset(sorted(order[n_val:])), data.subset(sorted(order[:n_val]))
     torch.manual_seed(cfg.seed)
+    # a focal head in the model to start from is kept (and trained on unless cfg.focal.steps is 0)
+    focal_width = int(json.loads((Path(init) / "config.json").read_text()).get("focal_width", 0)) if init else 0
     model = SlotModel(detail_width=DETAIL_WIDTH if detail_width is None else detail_width,
-                      spatial_pool=g.spatial_pool)
+                      spatial_pool=g.spatial_pool, focal_width=focal_width)
     warm = warm_start(model, init) if init else None
     lineage: list[dict] = []
     if init:

@@ -8,6 +8,7 @@ import torch
 
 from medsearch import vocab
 from medsearch.models import registry
+from medsearch.models.train_focal import FocalConfig
 from medsearch.models.train_seg import CHECKPOINT, DenseSet, SegConfig, train_image
 from medsearch.models.train_slots import SlotTrainConfig, dense_from_studies, train_ctseg
 
@@ -57,7 +58,8 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     from medsearch.synth import generate_study
 
     cfg = SlotTrainConfig(seg=SegConfig(steps=2, batch_size=2, warmup=1, eval_every=2), clause_examples=300,
-                          clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=1)
+                          clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=1,
+                          focal=FocalConfig(steps=2, batch_size=2, width=8))
     summary = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1, detail_width=8,
                           grid="fine")
     assert summary["image"]["steps"] == 2 and 0 <= summary["clause"]["type"] <= 1
@@ -66,6 +68,10 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     enc = registry.Encoder(tmp_path / "m")
     assert enc.config["arch"] == "ctseg" and len(enc.config["train_study_keys"]) == 6
     assert enc.config["detail_width"] == 8 and enc.model.image.detail is not None
+    # stage 1c ran; its head is in the model exactly when validation kept it
+    assert summary["focal"]["steps"] == 2
+    assert enc.config["focal_width"] == (8 if summary["focal"]["kept"] else 0)
+    assert (enc.model.image.focal is not None) == summary["focal"]["kept"]
     # the model carries its grid: inference resamples onto it and pools the stored map as trained
     assert enc.config["grid"] == "fine" and tuple(enc.config["canonical_shape"]) == (56, 112, 112)
     assert enc.model.spatial_pool == (2, 6, 6)
@@ -77,7 +83,7 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
         (2, enc.dim)
     # --steps 0 --init: the tower's weights stay; calibration (with its floors) and the later stages refit
     again = train_ctseg(tmp_path / "r", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "seg": SegConfig(
-        steps=0, batch_size=2)}), progress=False, workers=1, detail_width=8, grid="fine", init=tmp_path / "m")
+        steps=0, batch_size=2), "focal": FocalConfig(steps=0)}), progress=False, workers=1, detail_width=8, grid="fine", init=tmp_path / "m")
     assert again["image"]["steps"] == 0 and again["image"]["loss"] is None
     config = registry.Encoder(tmp_path / "r").config
     assert [r["image"]["steps"] for r in config["lineage"]] == [2] and config["lineage"][0]["grid"] == "fine"
