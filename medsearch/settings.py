@@ -77,7 +77,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("milvus_uri", "", "Milvus URI for the milvus backend (a file path selects milvus-lite)."),
     # -- terminology
     Setting("terminology_dir", "", "Folder of the core terminology (TOML concept files). Empty means the "
-            "terminology/ folder of the medsearch source tree."),
+            "terminology/ folder of the medsearch source tree, or the copy an installed wheel puts under "
+            "<prefix>/share/medsearch/terminology."),
     Setting("terminology_imports", [], "TOML files or folders written by 'medsearch terms import-snomed' / "
             "'import-radlex', layered over the core terminology.", list),
     # -- search

@@ -12,6 +12,7 @@ wins and the clash is counted (:attr:`Terminology.skipped_imports`).
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -21,8 +22,21 @@ from medsearch import vocab
 from medsearch.errors import ConfigError
 from medsearch.query.normalize import normalize
 
-#: The terminology shipped with the source tree: <repo>/terminology.
-BUNDLED_DIR = Path(__file__).resolve().parents[2] / "terminology"
+#: Where a wheel installs the shipped terminology (pyproject.toml's data-files), under the environment's prefix.
+INSTALLED_SUBDIR = ("share", "medsearch", "terminology")
+
+
+def bundled_dir(source: Path | None = None, prefix: str | None = None) -> Path:
+    """The shipped terminology: ``<repo>/terminology`` in a source checkout (and its editable install), else
+    the copy a wheel installs at ``<prefix>/share/medsearch/terminology``."""
+    source = source if source is not None else Path(__file__).resolve().parents[2] / "terminology"
+    if source.is_dir():
+        return source
+    return Path(prefix if prefix is not None else sys.prefix).joinpath(*INSTALLED_SUBDIR)
+
+
+#: The terminology shipped with medsearch (see :func:`bundled_dir`).
+BUNDLED_DIR = bundled_dir()
 
 AXES: dict[str, tuple[str, ...]] = {
     "laterality": vocab.LATERALITIES, "density": vocab.DENSITIES, "shape": vocab.SHAPES,

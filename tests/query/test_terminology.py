@@ -7,7 +7,7 @@ import pytest
 
 from medsearch import vocab
 from medsearch.errors import ConfigError
-from medsearch.query.terminology import AXES, BUNDLED_DIR, load_terminology
+from medsearch.query.terminology import AXES, BUNDLED_DIR, bundled_dir, load_terminology
 
 REQUIRED_FINDINGS = ("nodule", "mass", "ground-glass opacity", "consolidation", "pleural effusion", "pneumothorax",
                      "emphysema", "atelectasis", "cavity", "calcification", "bronchiectasis", "lymphadenopathy",
@@ -24,6 +24,34 @@ def term():
 def test_bundled_folder_is_the_repository_terminology():
     assert BUNDLED_DIR == Path(__file__).resolve().parents[2] / "terminology"
     assert (BUNDLED_DIR / "README.md").exists()
+
+
+def test_without_a_source_tree_the_terminology_is_the_installed_copy(tmp_path):
+    # an installed wheel has no <repo>/terminology; its data-files put the folder under the prefix
+    assert bundled_dir(tmp_path / "no-source-tree", prefix=str(tmp_path)) == \
+        tmp_path / "share" / "medsearch" / "terminology"
+    assert bundled_dir(BUNDLED_DIR, prefix=str(tmp_path)) == BUNDLED_DIR
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_terminology_where_bundled_dir_looks(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    # build from a copy, so that the build leaves nothing in the checkout
+    root = Path(__file__).resolve().parents[2]
+    src = tmp_path / "src"
+    for name in ("medsearch", "terminology"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(tmp_path / "dist"), str(src)], check=True, capture_output=True, timeout=300)
+    wheel = next((tmp_path / "dist").glob("medsearch-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {Path(n).name for n in names if "/data/share/medsearch/terminology/" in n}
+    assert shipped == {p.name for p in BUNDLED_DIR.iterdir() if p.suffix in (".toml", ".md")}
 
 
 def test_preferred_terms_are_the_vocabulary(term):
