@@ -8,9 +8,13 @@ Volumes are encoded from pixels by the model (FP32, then INT8); labels only
 build the queries and judge answers.  Speeds are medians of repeated runs, each
 beside a plain forward pass of the same network measured in the same run:
 
-- image: ``encode_volume`` (canonical resampling + windows + network + heads decoding)
-  against the bare image network on an already-preprocessed tensor;
+- image: ``encode_volume`` (canonical resampling + windows + network + heads decoding, and
+  the nodule detector when the model has one) against the bare image network on an
+  already-preprocessed tensor; the detector's own time is reported beside it;
 - text: ``encode_text`` (MiniLM + projection) against a bare MiniLM forward pass.
+
+With a nodule detector (``nodule.pt``), the FP32 metrics are also measured without it
+(``fp32_unet_only``), on the same pool in the same run: the detector's gain.
 
 Writes bench/results/model.json and prints a short table.
 """
@@ -72,6 +76,8 @@ def speed(enc: registry.Encoder, vol, repeats: int) -> dict:
     out = {
         "image_encode_volume_ms": _median_ms(lambda: enc.encode_volume(vol), repeats),
         "image_plain_forward_ms": _median_ms(lambda: image_net(x), repeats),
+        **({"image_nodule_detector_ms": _median_ms(lambda: enc.nodule_detector.detect(vol.hu, vol.spacing), repeats)}
+           if enc.nodule_detector is not None else {}),
         "text_encode_ms": _median_ms(lambda: [enc.encode_text(q) for q in QUERIES], repeats) / len(QUERIES),
         "text_plain_minilm_forward_ms": _median_ms(lambda: enc.minilm.bert(**tok), repeats),
     }
@@ -89,8 +95,12 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     grid = json.loads((args.model / "config.json").read_text())
-    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", progress=False,
-                           spacing_mm=grid["canonical_spacing_mm"], shape=grid["canonical_shape"])
+    from medsearch.models.nodule_detector import NoduleDetector
+
+    detector = NoduleDetector.load(args.model)
+    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", progress=detector is not None,
+                           spacing_mm=grid["canonical_spacing_mm"], shape=grid["canonical_shape"],
+                           detector=detector, workers=min(2, os.cpu_count() or 1))
     result = {"pool": len(studies), "threads": torch.get_num_threads(), "model": str(args.model)}
     vol = _volume_from_pool(args.pool)
     for name, int8 in (("fp32", False), ("int8", True)):
@@ -98,6 +108,9 @@ def main(argv=None) -> dict:
         image = encode_studies(enc, studies)
         metrics = evaluate_embeddings(enc, studies, image)
         result[name] = {"metrics": metrics, "speed": speed(enc, vol, args.repeats)}
+        if detector is not None and not int8:
+            bare = [type(s)(s.key, s.hu, s.findings, s.report_en, s.report_zh) for s in studies]
+            result["fp32_unet_only"] = {"metrics": evaluate_embeddings(enc, bare, encode_studies(enc, bare))}
     f, q = result["fp32"]["metrics"], result["int8"]["metrics"]
     result["int8_loss_points"] = round(100 * max(
         f["report_to_volume"]["en"]["R@10"] - q["report_to_volume"]["en"]["R@10"],
@@ -110,15 +123,18 @@ def main(argv=None) -> dict:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     chance = result["fp32"]["metrics"]["chance"]
     print(f"pool {result['pool']} held-out studies (seed never used in training), {result['threads']} threads")
-    print(f"{'':6s} {'R@10 en':>8s} {'R@10 zh':>8s} {'nDCG en':>8s} {'nDCG zh':>8s} "
+    print(f"{'':14s} {'R@10 en':>8s} {'R@10 zh':>8s} {'nDCG en':>8s} {'nDCG zh':>8s} "
           f"{'img ms':>8s} {'plain':>8s} {'txt ms':>8s} {'plain':>8s}")
-    for name in ("fp32", "int8"):
-        m, s = result[name]["metrics"], result[name]["speed"]
-        print(f"{name:6s} {m['report_to_volume']['en']['R@10']:8.3f} {m['report_to_volume']['zh']['R@10']:8.3f} "
+    for name in ("fp32", "int8", "fp32_unet_only"):
+        if name not in result:
+            continue
+        m, s = result[name]["metrics"], result[name].get("speed", {})
+        print(f"{name:14s} {m['report_to_volume']['en']['R@10']:8.3f} {m['report_to_volume']['zh']['R@10']:8.3f} "
               f"{m['phrase_to_volume']['en']['nDCG@10']:8.3f} {m['phrase_to_volume']['zh']['nDCG@10']:8.3f} "
-              f"{s['image_encode_volume_ms']:8.1f} {s['image_plain_forward_ms']:8.1f} "
-              f"{s['text_encode_ms']:8.1f} {s['text_plain_minilm_forward_ms']:8.1f}")
-    print(f"chance {chance['report_to_volume']['R@10']:8.3f} {chance['report_to_volume']['R@10']:8.3f} "
+              + "".join(f" {s[k]:8.1f}" if k in s else f" {'':8s}" for k in (
+                  "image_encode_volume_ms", "image_plain_forward_ms", "text_encode_ms",
+                  "text_plain_minilm_forward_ms")))
+    print(f"{'chance':14s} {chance['report_to_volume']['R@10']:8.3f} {chance['report_to_volume']['R@10']:8.3f} "
           f"{chance['phrase_to_volume']['nDCG@10']:8.3f} {chance['phrase_to_volume']['nDCG@10']:8.3f}")
     print(f"INT8: loss {result['int8_loss_points']} points, text speedup x{result['int8_speedup_text']}, "
           f"image speedup x{result['int8_speedup_image']}")

@@ -345,6 +345,49 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                f"validation report->volume R@5 {summary['val_R@5']:.3f}; model written to {out}")
 
 
+@cli.command("train-nodules")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--synth-seed", default=1101, show_default=True,
+              help="Seed of the synthetic studies the detector learns from (9000-9999 are refused).")
+@click.option("--studies", default=600, show_default=True, type=click.IntRange(min=8),
+              help="Synthetic studies to generate; half have a nodule forced in.")
+@click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1),
+              help="Optimisation steps of the patch classifier.")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
+@click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
+def train_nodules(model_dir, synth_seed, studies, steps, seed, workers):
+    """Train the nodule detector of a ctseg model (candidates on the scan's grid + a patch classifier)."""
+    import json
+
+    from medsearch.models.evaluate import check_seed_disjoint
+    from medsearch.models.nodule_detector import NODULE_FILE
+    from medsearch.models.train import CONFIG_FILE
+    from medsearch.models.train_nodules import NoduleTrainConfig, build_examples, train_detector
+
+    check_seed_disjoint([synth_seed])
+    config_file = model_dir / CONFIG_FILE
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"'{model_dir}' holds no readable {CONFIG_FILE}.",
+                          "Pass the folder 'medsearch train --out' wrote.") from None
+    if config.get("arch") != "ctseg":
+        raise ConfigError(f"'{model_dir}' holds a {config.get('arch')!r} model; the nodule detector is part of ctseg.",
+                          "Train a ctseg model first ('medsearch train --arch ctseg').")
+    examples = build_examples(synth_seed, studies, workers=workers)
+    detector, summary = train_detector(examples, NoduleTrainConfig(steps=steps, seed=seed))
+    summary = {**summary, "synth_seed": synth_seed, "studies": studies}
+    detector.summary = summary
+    detector.save(model_dir / NODULE_FILE)
+    config["nodule_detector"] = {k: v for k, v in summary.items() if k != "config"}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    val = summary["val"]
+    click.echo(f"trained the nodule detector in {summary['seconds']:.0f} s on {summary['train_studies']} studies "
+               f"({summary['train_positives']} nodule candidates of {summary['train_candidates']}): validation "
+               f"candidate AUC {val['candidate_auc']:.3f}, study AUC {val['study_auc']:.3f}; written to "
+               f"{model_dir / NODULE_FILE}")
+
+
 @cli.command("eval")
 @click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)

@@ -72,3 +72,19 @@ def test_ctseg_only_options_are_refused_for_the_dual_encoder(tmp_path, option):
                                       str(tmp_path / "m"), *option])
     assert result.exit_code != 0
     assert "apply to --arch ctseg only" in result.output and not (tmp_path / "m").exists()
+
+
+def test_train_nodules_refuses_an_evaluation_seed(tmp_path):
+    result = CliRunner().invoke(cli, ["train-nodules", str(tmp_path), "--synth-seed", "9001"])
+    assert result.exit_code != 0 and "reserved for evaluation" in result.output
+    assert not (tmp_path / "nodule.pt").exists()
+
+
+@pytest.mark.parametrize("config, message", [(None, "holds no readable config.json"),
+                                             ('{"arch": "ctnet"}', "Train a ctseg model first")])
+def test_train_nodules_needs_a_ctseg_model_folder(tmp_path, config, message):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    result = CliRunner().invoke(cli, ["train-nodules", str(tmp_path), "--studies", "8"])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "nodule.pt").exists()

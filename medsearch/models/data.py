@@ -44,6 +44,9 @@ class Study:
     findings: list[dict] = field(default_factory=list)
     report_en: str = ""
     report_zh: str = ""
+    #: the nodule detector's evidence (:class:`~medsearch.models.nodule_detector.NoduleEvidence`), when
+    #: the archive was loaded with one
+    nodules: object = None
 
 
 def perturbations(spec: dict) -> list[dict]:
@@ -192,22 +195,72 @@ def grid_cache_dir(cache_dir, shape) -> "Path | None":
 def _load_main_series(source, spacing_mm=None, shape=None) -> np.ndarray:
     """The canonical grid of one series: ``source`` is its folder, its one file, or its files;
     ``spacing_mm`` and ``shape`` the grid (None: the default canonical grid)."""
-    from pathlib import Path
-
     from medsearch.dicom.volume import load_series
     from medsearch.models.preprocess import canonical_hu
 
-    if isinstance(source, (list, tuple)):
-        files = sorted(Path(p) for p in source)
-    else:
-        folder = Path(source)
-        files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
     grid = {k: v for k, v in (("spacing_mm", spacing_mm), ("shape", shape)) if v is not None}
-    return canonical_hu(load_series(files), **grid)
+    return canonical_hu(load_series(_series_files(source)), **grid)
+
+
+def _evidence_file(cache, key: str):
+    return cache / f"{key}.npz" if cache else None
+
+
+def save_evidence(path, ev) -> None:
+    """Write a study's nodule evidence atomically (see :func:`save_cached`)."""
+    import os
+
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, cells=ev.cells, probability=ev.probability, logsize=ev.logsize, density=ev.density,
+             **({"native": ev.native} if ev.native is not None else {}))
+    os.replace(tmp, path)
+
+
+def load_evidence(path):
+    from medsearch.models.nodule_detector import NoduleEvidence
+
+    with np.load(path) as z:
+        return NoduleEvidence(z["cells"], z["probability"], z["logsize"], z["density"],
+                              z["native"] if "native" in z.files else None)
+
+
+def _series_files(source) -> list:
+    from pathlib import Path
+
+    if isinstance(source, (list, tuple)):
+        return sorted(Path(p) for p in source)
+    folder = Path(source)
+    return [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+_worker_detector = None
+
+
+def _init_detect_worker(detector) -> None:
+    """Process-pool initializer: the detector once per worker, one thread each (the workers are the
+    parallelism)."""
+    import torch
+
+    global _worker_detector
+    torch.set_num_threads(1)
+    _worker_detector = detector
+
+
+def _canonical_and_evidence(args):
+    """(canonical int16 HU, nodule evidence) of one series: a worker of :func:`load_archive`."""
+    from medsearch.dicom.volume import load_series
+    from medsearch.models.preprocess import to_canonical
+
+    source, spacing_mm, shape, detector = args
+    detector = detector or _worker_detector
+    vol = load_series(_series_files(source))
+    grid = {k: v for k, v in (("spacing_mm", spacing_mm), ("shape", shape)) if v is not None}
+    arr, affine = to_canonical(vol, **grid)
+    return np.clip(np.rint(arr), -1024, 3071).astype(np.int16), detector.evidence(vol, affine)
 
 
 def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, spacing_mm=None,
-                 shape=None) -> list[Study]:
+                 shape=None, detector=None, workers: int = 1) -> list[Study]:
     """Studies of a synthetic archive (``labels.jsonl``) or of a hospital archive (DICOM + reports).
 
     Only pixel data and scrubbed report text are used: no header identifier is read
@@ -220,6 +273,10 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, s
         cache_dir: folder for cached canonical volumes, or None.
         spacing_mm, shape: the canonical grid, that of the model to train or evaluate (None: the
             default grid, ``medsearch.models.preprocess.CANONICAL_*``).
+        detector: a :class:`~medsearch.models.nodule_detector.NoduleDetector` whose evidence each
+            study carries (``Study.nodules``; synthetic archives only), cached per detector under
+            ``cache_dir``.
+        workers: processes that read and detect the studies not cached yet (with a detector).
     """
     import json
     from pathlib import Path
@@ -242,11 +299,17 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, s
     cache = grid_cache_dir(cache_dir, shape or CANONICAL_SHAPE)
     if cache:
         cache.mkdir(parents=True, exist_ok=True)
+    found: dict[str, tuple] = {}
+    if detector is not None:
+        found = _detect_archive(archive, records, cache, cache_dir, detector, spacing_mm, shape, workers, progress)
     studies = []
     for rec in tqdm(records, desc="load", unit="study", disable=not progress):
         key = _study_key(rec["study_uid"])
         cached = cache / f"{key}.npy" if cache else None
-        if cached is not None and cached.exists():
+        nodules = None
+        if key in found:
+            hu, nodules = found[key]
+        elif cached is not None and cached.exists():
             hu = np.load(cached)
         else:
             main = next(s for s in rec["series"] if s["series_uid"] == rec["main_series_uid"])
@@ -256,5 +319,50 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, s
         findings = [{k: f.get(k) for k in ("type", "site", "laterality", "density", "diameter_mm")}
                     for f in rec["findings"]]
         studies.append(Study(key, hu, findings, scrub_report(rec.get("report_en", "")),
-                             scrub_report(rec.get("report_zh", ""))))
+                             scrub_report(rec.get("report_zh", "")), nodules))
     return studies
+
+
+def _detect_archive(archive, records, cache, cache_dir, detector, spacing_mm, shape, workers, progress) -> dict:
+    """{study key: (canonical HU, evidence)} of a synthetic archive, read from or written to the caches
+    (the evidence's folder is named after the detector's weights, so a retrained one never reads it)."""
+    import hashlib
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in detector.net.state_dict().values())
+                            + f"{detector.scale},{detector.offset}".encode()).hexdigest()[:12]
+    ev_cache = Path(cache_dir) / f"nodules-{digest}" if cache_dir else None
+    if ev_cache:
+        ev_cache.mkdir(parents=True, exist_ok=True)
+    out, todo = {}, []
+    for rec in records:
+        key = _study_key(rec["study_uid"])
+        ev_file, hu_file = _evidence_file(ev_cache, key), (cache / f"{key}.npy" if cache else None)
+        if ev_file is not None and ev_file.exists() and hu_file.exists():
+            out[key] = (np.load(hu_file), load_evidence(ev_file))
+        else:
+            main = next(s for s in rec["series"] if s["series_uid"] == rec["main_series_uid"])
+            todo.append((key, (archive / main["path"], spacing_mm, shape, None)))
+    if not todo:
+        return out
+    if workers > 1:
+        import multiprocessing
+
+        # spawned, not forked: a child forked from a process whose torch thread pool has run deadlocks
+        # in its first parallel region
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_detect_worker, initargs=(detector,)) as pool:
+            done = list(tqdm(pool.map(_canonical_and_evidence, [a for _, a in todo], chunksize=4), total=len(todo),
+                             desc="detect nodules", unit="study", disable=not progress))
+    else:
+        done = [_canonical_and_evidence((*a[:3], detector)) for _, a in tqdm(
+            todo, desc="detect nodules", unit="study", disable=not progress)]
+    for (key, _), (hu, ev) in zip(todo, done):
+        out[key] = (hu, ev)
+        if ev_cache:
+            save_cached(cache / f"{key}.npy", hu)
+            save_evidence(_evidence_file(ev_cache, key), ev)
+    return out

@@ -60,7 +60,9 @@ def encode_studies(encoder, studies: list[Study], batch: int = 8, progress: bool
     for i in tqdm(range(0, len(studies), batch), desc="encode", disable=not progress):
         x = torch.stack([hu_windows(torch.from_numpy(s.hu.astype(np.float32)), *([windows] if windows else []))
                          for s in studies[i:i + batch]])
-        out.append(encoder.encode_image_tensor(x)["embedding"].numpy())
+        nodules = [s.nodules for s in studies[i:i + batch]]
+        out.append(encoder.encode_image_tensor(x, nodules if any(n is not None for n in nodules) else None)
+                   ["embedding"].numpy())
     return np.concatenate(out).astype(np.float32)
 
 

@@ -81,6 +81,13 @@ class Encoder:
 
             model = quantize_dual(model)
         self.model = model
+        # the nodule detector (nodule.pt) of models trained with 'medsearch train-nodules'; it stays FP32:
+        # its patch classifier is small and INT8 would cost it more accuracy than time
+        from medsearch.models.nodule_detector import NoduleDetector
+
+        self.nodule_detector = NoduleDetector.load(model_dir) if self.config["arch"] == "ctseg" else None
+        if self.nodule_detector is not None:
+            self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
         self._minilm = None
         self.dim = int(self.config["dim"])
 
@@ -98,8 +105,11 @@ class Encoder:
         return self._minilm
 
     @torch.no_grad()
-    def encode_image_tensor(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Batch forward of the image side. Args: x (B, 2, Z, Y, X) windowed canonical volumes."""
+    def encode_image_tensor(self, x: torch.Tensor, nodules: list | None = None) -> dict[str, torch.Tensor]:
+        """Batch forward of the image side. Args: x (B, C, Z, Y, X) windowed canonical volumes; nodules:
+        the detector's evidence per volume (ctseg with a detector), or None."""
+        if nodules is not None and self.config["arch"] == "ctseg":
+            return self.model.encode_image(x, nodules)
         return self.model.encode_image(x)
 
     @torch.no_grad()
@@ -114,12 +124,14 @@ class Encoder:
                              "Encode a 3-D series with at least 2 slices.")
         canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
         x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
-        out = self.model.encode_image(x)
+        evidence = self.nodule_detector.evidence(vol, affine) if self.nodule_detector is not None else None
+        out = self.model.encode_image(x, [evidence]) if evidence is not None else self.model.encode_image(x)
         z, y, x_ = canon.shape
         if self.config["arch"] == "ctseg":
             from medsearch.models.slot_findings import decode
 
-            findings = decode(out["maps"][0], affine, vol.affine, vol.hu.shape, vol.hu, out["presence"][0])
+            findings = decode(out["maps"][0], affine, vol.affine, vol.hu.shape, vol.hu, out["presence"][0],
+                              {"nodule": evidence} if evidence is not None else None)
             spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()
             return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),
                                  spatial.numpy().astype(np.float16), findings, self.model_version, (x_, y, z), affine)

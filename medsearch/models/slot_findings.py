@@ -24,6 +24,7 @@ from medsearch import vocab
 from medsearch.models.heads import DENSITY_TYPES
 from medsearch.models.image_tower_seg import HEAD_SPLIT
 from medsearch.models.localize import canonical_to_native
+from medsearch.models.nodule_detector import located
 from medsearch.models.phrases import SIZED_TYPES
 
 THRESHOLD = 0.5
@@ -51,7 +52,8 @@ def _refine_slice(native_hu: np.ndarray, key: int, box: list[int], half_extent: 
 
 
 def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarray,
-           native_shape, native_hu: np.ndarray | None = None, presence: torch.Tensor | None = None) -> list[dict]:
+           native_shape, native_hu: np.ndarray | None = None, presence: torch.Tensor | None = None,
+           detections: dict | None = None) -> list[dict]:
     """Findings of one volume.
 
     Args:
@@ -63,6 +65,9 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
         presence: (T, L) calibrated slot presence (:func:`medsearch.models.slots.image_slots`); when
             given, a region counts only where its slot is present, and the slot's presence is its
             probability, so that the findings agree with the embedding.
+        detections: finding type -> :class:`~medsearch.models.nodule_detector.NoduleEvidence` with native
+            positions; a region of that type that holds a detection takes its key slice and box from
+            the surest one (the detector knows the slice; the map's cell is 13 mm tall).
 
     Returns:
         dicts with ``type``, ``finding_type``, ``site``, ``laterality``, ``density``, ``size_mm``,
@@ -106,7 +111,11 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
             bx0, bx1 = np.clip([nat[1:, 0].min(), nat[1:, 0].max()], 0, nx - 1)
             by0, by1 = np.clip([nat[1:, 1].min(), nat[1:, 1].max()], 0, ny - 1)
             box = [int(np.floor(bx0)), int(np.floor(by0)), int(np.ceil(bx1)), int(np.ceil(by1))]
-            if native_hu is not None and ftype in FOCAL_TYPES:
+            exact = located(detections.get(ftype), np.argwhere(vox), native_affine, native_shape) \
+                if detections else None
+            if exact is not None:
+                key, box = exact
+            elif native_hu is not None and ftype in FOCAL_TYPES:
                 extent = int(np.ceil((zz.max() - zz.min() + 1) * step / 2)) + 1
                 key = _refine_slice(native_hu, key, box, extent)
             found.append({"lobe": vocab.LOBES[lobe],

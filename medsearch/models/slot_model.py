@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medsearch import vocab
 from medsearch.models.clause_head import ClauseHead
 from medsearch.models.image_tower_seg import HEAD_SPLIT, SegEncoder
 from medsearch.models.slots import ATTR_DIM, T, attribute_vector, clause_slots, image_slots, sum_by_owner
@@ -114,10 +115,14 @@ class SlotModel(nn.Module):
         attr = attribute_vector(slots["presence"], slots["density"], slots["size"])
         return with_normal(attr, attr[:, :T].amax(dim=1))
 
-    def encode_image(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def encode_image(self, x: torch.Tensor, nodules: list | None = None) -> dict[str, torch.Tensor]:
+        """The image side; ``nodules`` (one :class:`~medsearch.models.nodule_detector.NoduleEvidence` per
+        volume, or None) replaces the U-Net's nodule slots and channel with the detector's."""
         maps, _ = self.image(x)
         out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset,
                                     floor=self.image.presence_floor))
+        if nodules is not None:
+            maps, out = self._with_nodules(maps, out, nodules)
         out["maps"] = maps
         out["attributes"] = self.image_attributes(out)
         out["embedding"] = self.project(out["attributes"])
@@ -125,6 +130,28 @@ class SlotModel(nn.Module):
         probs = torch.cat([torch.sigmoid(maps[:, nr:nr + nt]), torch.softmax(maps[:, :nr], dim=1)], dim=1)
         out["spatial"] = F.max_pool3d(probs, self.spatial_pool, ceil_mode=True)
         return out
+
+    @staticmethod
+    def _with_nodules(maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
+        from medsearch.models.nodule_detector import nodule_slots, paint
+
+        nr, nt, nd, _ = HEAD_SPLIT
+        t = vocab.FINDING_TYPES.index("nodule")
+        region = torch.softmax(maps[:, :nr], dim=1)[:, 1:]
+        slots = {k: v.clone() for k, v in slots.items()}
+        painted = []
+        for b, ev in enumerate(nodules):
+            if ev is None:
+                painted.append(maps[b])
+                continue
+            own = nodule_slots(ev, region[b])
+            if own is None:
+                slots["presence"][b, t] = 0.0
+            else:
+                for k in ("presence", "density", "size"):
+                    slots[k][b, t] = own[k]
+            painted.append(paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd))
+        return torch.stack(painted), slots
 
     def clause_attributes(self, feats: torch.Tensor) -> torch.Tensor:
         """Attribute vectors (N, ATTR_DIM) of clauses from their MiniLM vectors."""

@@ -560,7 +560,27 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
         "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys)),
         **({"lineage": lineage} if lineage else {})},
         grid=grid)
+    if init:
+        _carry_nodule_detector(Path(init), out)
     return summary
+
+
+def _carry_nodule_detector(init: Path, out: Path) -> None:
+    """Copy the nodule detector of the ``--init`` model into ``out``: it reads the scan's own pixels, not
+    the tower's, so a fine-tuned tower keeps it (``medsearch train-nodules`` retrains it)."""
+    import shutil
+
+    from medsearch.models.nodule_detector import NODULE_FILE
+    from medsearch.models.train import CONFIG_FILE
+
+    if not (init / NODULE_FILE).exists() or init.resolve() == out.resolve():
+        return
+    shutil.copyfile(init / NODULE_FILE, out / NODULE_FILE)
+    source = json.loads((init / CONFIG_FILE).read_text()).get("nodule_detector")
+    if source is not None:
+        config = json.loads((out / CONFIG_FILE).read_text())
+        config["nodule_detector"] = {**source, "carried_from": init.name}
+        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- stage 4 (issue 7)

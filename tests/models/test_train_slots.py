@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -81,11 +83,21 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     assert out.spatial.shape[1:] == (10, 10, 14)  # (X, Y, Z): half of (112, 112, 56), pooled 6, 6, 2
     assert enc.encode_texts(["right upper lobe 8 mm nodule, left pleural effusion", "no abnormality"]).shape == \
         (2, enc.dim)
+    # a nodule detector in the --init model goes along to the new one
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+    from medsearch.models.nodule_net import NoduleNet
+
+    NoduleDetector(NoduleNet(width=4), 1.0, -2.0, {"steps": 3}).save(tmp_path / "m" / NODULE_FILE)
+    config_m = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config_m, "nodule_detector": {"steps": 3}}))
     # --steps 0 --init: the tower's weights stay; calibration (with its floors) and the later stages refit
     again = train_ctseg(tmp_path / "r", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "seg": SegConfig(
         steps=0, batch_size=2), "focal": FocalConfig(steps=0)}), progress=False, workers=1, detail_width=8, grid="fine", init=tmp_path / "m")
     assert again["image"]["steps"] == 0 and again["image"]["loss"] is None
+    assert (tmp_path / "r" / NODULE_FILE).read_bytes() == (tmp_path / "m" / NODULE_FILE).read_bytes()
+    assert registry.Encoder(tmp_path / "r").nodule_detector.offset == -2.0
     config = registry.Encoder(tmp_path / "r").config
+    assert config["nodule_detector"] == {"steps": 3, "carried_from": "m"}
     assert [r["image"]["steps"] for r in config["lineage"]] == [2] and config["lineage"][0]["grid"] == "fine"
     assert set(config["train_study_keys"]) == set(enc.config["train_study_keys"])
     assert set(again["calibration"]["floor"]) == set(vocab.FINDING_TYPES)

@@ -1,0 +1,261 @@
+"""The image tower's nodule detector: candidates on the scan's own grid, a patch classifier, evidence.
+
+The U-Net sees the chest at 4.3 x 4.3 x 6.5 mm and its nodule channel stayed at chance
+(docs/model.md).  The detector works on the native pixels instead, in two stages
+(LUNA16's): :func:`~medsearch.models.candidates.find_candidates` proposes the blobs of
+the lungs, :class:`~medsearch.models.nodule_net.NoduleNet` scores each, and a Platt
+calibration fitted on held-out candidates (at their natural, rare, base rate) makes
+the scores probabilities.  Its output, :class:`NoduleEvidence`, is placed on the
+U-Net's half-resolution grid, where :class:`~medsearch.models.slot_model.SlotModel`
+takes the nodule slots from it (:func:`nodule_slots`) and paints the nodule channel
+of its maps, so that the embedding, the findings, the stored spatial map and the key
+slice all follow the detector.
+
+A model folder holds the detector as ``nodule.pt`` (weights, calibration, summary);
+without one the tower is the U-Net alone, as in models trained before it existed.
+"""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsearch import vocab
+from medsearch.models.candidates import extract_patches, find_candidates, lung_mask
+from medsearch.models.nodule_net import NoduleNet
+
+#: File of the detector in a model folder.
+NODULE_FILE = "nodule.pt"
+#: Logit the painted nodule channel has where the detector found nothing.
+BACKGROUND_LOGIT = -8.0
+#: Candidates below this calibrated probability are dropped from the evidence (they would only add
+#: noise to the noisy-OR of a slot).
+MIN_PROBABILITY = 0.02
+#: The detector works on a grid no finer than this (mm): a 512-matrix scan is averaged down first,
+#: which keeps it fast and matches the 2 mm patches.
+DETECTION_MM = 1.5
+_LPS_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class Detections:
+    """Scored candidates of one scan on its own grid.
+
+    Attributes:
+        index: (N, 3) voxel ``(z, y, x)`` of the scan.
+        probability: (N,) calibrated probability that a nodule is there.
+        diameter_mm: (N,) its estimated diameter.
+        density: (N, D) probabilities over ``vocab.DENSITIES``.
+    """
+
+    index: np.ndarray
+    probability: np.ndarray
+    diameter_mm: np.ndarray
+    density: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+
+@dataclass
+class NoduleEvidence:
+    """Detections placed on the tower's half-resolution grid (what :class:`SlotModel` consumes).
+
+    Attributes:
+        cells: (N, 3) float ``(z, y, x)`` coordinates on that grid.
+        probability, density: as in :class:`Detections`.
+        logsize: (N,) log of the diameter in mm.
+        native: (N, 3) the detections' voxels ``(z, y, x)`` on the scan's own grid (for key slices and
+            boxes), or None.
+    """
+
+    cells: np.ndarray
+    probability: np.ndarray
+    logsize: np.ndarray
+    density: np.ndarray
+    native: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls) -> "NoduleEvidence":
+        return cls(np.zeros((0, 3)), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                   np.zeros((0, len(vocab.DENSITIES)), np.float32))
+
+    def __len__(self) -> int:
+        return len(self.probability)
+
+
+def _detection_grid(hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hu, spacing, step): ``hu`` block-averaged by an integer ``step`` per axis so that no axis is
+    finer than :data:`DETECTION_MM`."""
+    sp = np.asarray(spacing, float)
+    step = np.maximum(np.floor(DETECTION_MM / sp), 1).astype(int)
+    if (step == 1).all():
+        return hu, sp, step
+    shape = np.asarray(hu.shape) // step
+    cut = hu[:shape[0] * step[0], :shape[1] * step[1], :shape[2] * step[2]].astype(np.float32)
+    blocks = cut.reshape(shape[0], step[0], shape[1], step[1], shape[2], step[2]).mean(axis=(1, 3, 5))
+    return blocks, sp * step, step
+
+
+class NoduleDetector:
+    """A trained :class:`NoduleNet` with its calibration.
+
+    Args:
+        net: the patch classifier (put in eval mode here).
+        scale, offset: Platt calibration, ``p = sigmoid(scale * logit + offset)``.
+    """
+
+    def __init__(self, net: NoduleNet, scale: float = 1.0, offset: float = 0.0, summary: dict | None = None):
+        self.net = net.eval()
+        self.scale, self.offset = float(scale), float(offset)
+        self.summary = summary or {}
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: Path) -> None:
+        torch.save({"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                    "config": {"width": self.net.width, "cells": self.net.cells},
+                    "calibration": {"scale": self.scale, "offset": self.offset},
+                    "summary": self.summary}, Path(path))
+
+    @classmethod
+    def load(cls, model_dir: Path) -> "NoduleDetector | None":
+        """The detector of a model folder, or None when it has none.
+
+        Raises:
+            ConfigError: ``nodule.pt`` is there but unreadable.
+        """
+        path = Path(model_dir) / NODULE_FILE
+        if not path.exists():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            net = NoduleNet(**blob["config"])
+            net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
+        except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
+            from medsearch.errors import ConfigError
+
+            raise ConfigError(f"The nodule detector '{path}' cannot be read ({type(exc).__name__}).",
+                              "Retrain it ('medsearch train-nodules MODEL_DIR') or remove the file to run "
+                              "the model without it.") from None
+        cal = blob.get("calibration", {})
+        return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"))
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def score(self, patches: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrated probability (N,), diameter mm (N,) and density (N, D) of candidate patches."""
+        if len(patches) == 0:
+            return (np.zeros(0, np.float32), np.zeros(0, np.float32),
+                    np.zeros((0, len(vocab.DENSITIES)), np.float32))
+        logit, logsize, dens = self.net(torch.from_numpy(patches), torch.from_numpy(features))
+        p = torch.sigmoid(self.scale * logit + self.offset)
+        return (p.numpy().astype(np.float32), logsize.exp().numpy().astype(np.float32),
+                torch.softmax(dens, dim=1).numpy().astype(np.float32))
+
+    def detect(self, hu: np.ndarray, spacing) -> Detections:
+        """Nodules of one scan ``hu`` (z, y, x) with ``spacing`` (dz, dy, dx) mm; indices on its grid."""
+        grid, sp, step = _detection_grid(np.asarray(hu), spacing)
+        cands = find_candidates(grid, tuple(sp), lung_mask(grid, tuple(sp)))
+        p, diameter, density = self.score(extract_patches(grid, tuple(sp), cands.index), cands.features())
+        index = cands.index * step + (step - 1) / 2.0
+        return Detections(index.astype(np.float64), p, diameter, density)
+
+    def evidence(self, vol, canon_affine: np.ndarray) -> NoduleEvidence:
+        """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
+        whose affine (voxel (x, y, z) -> RAS mm) is ``canon_affine``."""
+        det = self.detect(vol.hu, vol.spacing)
+        keep = det.probability >= MIN_PROBABILITY
+        if not keep.any():
+            return NoduleEvidence.empty()
+        return NoduleEvidence(native_to_half(det.index[keep], vol.affine, canon_affine),
+                              det.probability[keep], np.log(np.maximum(det.diameter_mm[keep], 1.0)),
+                              det.density[keep], det.index[keep])
+
+
+def native_to_half(index_zyx: np.ndarray, native_affine: np.ndarray, canon_affine: np.ndarray) -> np.ndarray:
+    """Native voxel ``(z, y, x)`` (N, 3) -> ``(z, y, x)`` coordinates on the tower's half-resolution grid."""
+    pts = np.c_[np.asarray(index_zyx, float)[:, ::-1], np.ones(len(index_zyx))]
+    ras = _LPS_RAS @ np.asarray(native_affine, float) @ pts.T
+    canon = (np.linalg.inv(np.asarray(canon_affine, float)) @ ras)[:3].T[:, ::-1]   # (z, y, x)
+    return (canon + 0.5) / 2.0 - 0.5
+
+
+def located(ev: NoduleEvidence, cells: np.ndarray, native_affine: np.ndarray, native_shape) -> tuple | None:
+    """Key slice and box ``[x0, y0, x1, y1]`` on the scan of the surest detection whose cell is one of
+    ``cells`` (M, 3) (a finding's component on the half-resolution grid), or None when none is."""
+    if ev is None or ev.native is None or not len(ev):
+        return None
+    own = np.rint(ev.cells).astype(np.int64)
+    inside = (own[:, None, :] == np.asarray(cells)[None, :, :]).all(-1).any(1)
+    if not inside.any():
+        return None
+    k = int(np.flatnonzero(inside)[np.argmax(ev.probability[inside])])
+    z, y, x = ev.native[k]
+    nz, ny, nx = (int(n) for n in native_shape)
+    pixel = float(np.linalg.norm(np.asarray(native_affine, float)[:3, 0])) or 1.0
+    r = max(2.0, float(np.exp(ev.logsize[k])) / 2 / pixel + 1)
+    box = [int(max(0, np.floor(x - r))), int(max(0, np.floor(y - r))), int(min(nx - 1, np.ceil(x + r))),
+           int(min(ny - 1, np.ceil(y + r)))]
+    return int(np.clip(np.rint(z), 0, nz - 1)), box
+
+
+def _cells(ev: NoduleEvidence, shape) -> np.ndarray:
+    return np.clip(np.rint(ev.cells), 0, np.asarray(shape) - 1).astype(np.int64)
+
+
+def nodule_slots(ev: NoduleEvidence, region: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Nodule slots of one study from its evidence.
+
+    A detection at a cell belongs to each lobe by the U-Net's region probability there; a
+    slot's presence is the noisy-OR of its detections, its density and size their weighted
+    means.
+
+    Args:
+        region: (L, z, y, x) lobe probabilities of the study (the region softmax without background).
+
+    Returns:
+        ``presence`` (L,), ``density`` (L, D), ``size`` (L, Z); None without evidence.
+    """
+    from medsearch.models.slots import size_bins_of_log
+
+    if len(ev) == 0:
+        return None
+    c = _cells(ev, region.shape[1:])
+    r = region[:, c[:, 0], c[:, 1], c[:, 2]].T                                      # (N, L)
+    w = torch.from_numpy(ev.probability).to(r)[:, None] * r                          # (N, L)
+    presence = 1.0 - torch.prod(1.0 - w.clamp(0, 1), dim=0)
+    norm = w.sum(0).clamp_min(1e-6)
+    density = (w.T @ torch.from_numpy(ev.density).to(r)) / norm[:, None]
+    logsize = (w.T @ torch.from_numpy(ev.logsize).to(r)) / norm
+    flat = torch.full((len(vocab.DENSITIES),), 1.0 / len(vocab.DENSITIES)).to(r)
+    weak = w.sum(0) < 1e-3
+    density = torch.where(weak[:, None], flat, density)
+    size = size_bins_of_log(logsize)
+    return {"presence": presence, "density": density, "size": size}
+
+
+def paint(maps: torch.Tensor, ev: NoduleEvidence, channel: int, density_at: int, logsize_at: int) -> torch.Tensor:
+    """One study's raw maps (C, z, y, x) with the nodule channel replaced by the detections' logits, and
+    the density and size channels taken from the detector where it is surer than not."""
+    out = maps.clone()
+    out[channel] = BACKGROUND_LOGIT
+    if len(ev) == 0:
+        return out
+    c = _cells(ev, maps.shape[1:])
+    p = np.clip(ev.probability, 1e-4, 1 - 1e-4)
+    logits = np.log(p / (1 - p))
+    for (z, y, x), lg, k in zip(c, logits, range(len(ev))):
+        out[channel, z, y, x] = max(float(out[channel, z, y, x]), float(lg))
+        if lg > 0:
+            nd = ev.density.shape[1]
+            out[density_at:density_at + nd, z, y, x] = torch.log(torch.from_numpy(ev.density[k]).clamp_min(1e-4))
+            out[logsize_at, z, y, x] = float(ev.logsize[k])
+    return out
+
+
+__all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "located",
+           "native_to_half", "nodule_slots", "paint"]

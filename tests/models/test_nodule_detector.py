@@ -1,0 +1,186 @@
+"""The nodule detector: NoduleNet's shape contract, files, grid mapping, slots and painting, and the
+encoder using it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsearch import vocab
+from medsearch.errors import ConfigError
+from medsearch.models.image_tower_seg import HEAD_SPLIT
+from medsearch.models.localize import canonical_to_native
+from medsearch.models.nodule_detector import (BACKGROUND_LOGIT, NODULE_FILE, NoduleDetector, NoduleEvidence,
+                                              native_to_half, nodule_slots, paint)
+from medsearch.models.nodule_net import N_DENSITIES, N_FEATURES, NoduleNet
+
+NR, NT, ND, _ = HEAD_SPLIT
+NODULE = vocab.FINDING_TYPES.index("nodule")
+
+
+@pytest.mark.parametrize("n", [1, 5])
+def test_nodule_net_shape_contract(n):
+    torch.manual_seed(0)
+    net = NoduleNet(width=8).eval()
+    with torch.no_grad():
+        logit, logsize, density = net(torch.rand(n, 1, 16, 16, 16) * 2 - 1, torch.rand(n, N_FEATURES))
+    assert logit.shape == logsize.shape == (n,) and density.shape == (n, N_DENSITIES)
+    assert N_DENSITIES == len(vocab.DENSITIES)
+
+
+def test_detector_file_round_trip(tmp_path):
+    torch.manual_seed(0)
+    det = NoduleDetector(NoduleNet(width=8), scale=1.5, offset=-3.0, summary={"steps": 7})
+    det.save(tmp_path / NODULE_FILE)
+    back = NoduleDetector.load(tmp_path)
+    assert (back.scale, back.offset, back.summary) == (1.5, -3.0, {"steps": 7})
+    x, f = np.random.default_rng(0).uniform(-1, 1, (3, 1, 16, 16, 16)).astype(np.float32), np.zeros((3, 4), np.float32)
+    assert np.allclose(det.score(x, f)[0], back.score(x, f)[0])
+    assert NoduleDetector.load(tmp_path / "none") is None
+
+
+def test_a_corrupt_detector_file_names_the_file_and_the_fix(tmp_path):
+    (tmp_path / NODULE_FILE).write_bytes(b"not a torch file")
+    with pytest.raises(ConfigError) as err:
+        NoduleDetector.load(tmp_path)
+    assert NODULE_FILE in str(err.value) and "train-nodules" in err.value.fix
+
+
+def test_scores_are_calibrated_probabilities():
+    det = NoduleDetector(NoduleNet(width=8), scale=1.0, offset=-20.0)
+    p, diameter, density = det.score(np.zeros((2, 1, 16, 16, 16), np.float32), np.zeros((2, 4), np.float32))
+    assert (p < 1e-3).all() and (diameter > 0).all() and np.allclose(density.sum(1), 1)
+    empty = det.score(np.zeros((0, 1, 16, 16, 16), np.float32), np.zeros((0, 4), np.float32))
+    assert [a.shape[0] for a in empty] == [0, 0, 0]
+
+
+def test_native_to_half_inverts_the_localisers_canonical_to_native():
+    rng = np.random.default_rng(1)
+    canon_affine = np.diag([4.3, 4.3, 6.5, 1.0])
+    canon_affine[:3, 3] = [-170, -160, -150]
+    native_affine = np.array([[-0.7, 0, 0, 180], [0, -0.7, 0, 170], [0, 0, 2.5, -140], [0, 0, 0, 1.0]])
+    half = rng.uniform(0, 20, (6, 3))                                   # (z, y, x) on the half grid
+    canon_xyz = ((half + 0.5) * 2 - 0.5)[:, ::-1]
+    native_xyz = canonical_to_native(canon_xyz, canon_affine, native_affine)
+    assert np.allclose(native_to_half(native_xyz[:, ::-1], native_affine, canon_affine), half)
+
+
+def _evidence(cells, p, diameter=10.0, density=0):
+    dens = np.zeros((len(p), len(vocab.DENSITIES)), np.float32)
+    dens[:, density] = 1
+    return NoduleEvidence(np.asarray(cells, float), np.asarray(p, np.float32),
+                          np.full(len(p), np.log(diameter), np.float32), dens)
+
+
+def test_nodule_slots_are_the_noisy_or_of_the_detections_in_each_lobe():
+    region = torch.zeros(len(vocab.LOBES), 4, 6, 6)
+    a, b = vocab.LOBES.index("right upper lobe"), vocab.LOBES.index("left lower lobe")
+    region[a, :, :, :3] = 1.0
+    region[b, :, :, 3:] = 1.0
+    ev = _evidence([[1, 1, 1], [2, 2, 2], [1, 1, 4]], [0.5, 0.5, 0.1], diameter=25.0, density=1)
+    slots = nodule_slots(ev, region)
+    assert slots["presence"][a].item() == pytest.approx(0.75)
+    assert slots["presence"][b].item() == pytest.approx(0.1)
+    assert slots["presence"][[i for i in range(len(vocab.LOBES)) if i not in (a, b)]].abs().max() < 1e-6
+    assert slots["density"][a].argmax().item() == 1
+    assert slots["size"][a].argmax().item() == vocab.size_bin(25.0)
+    assert nodule_slots(NoduleEvidence.empty(), region) is None
+
+
+def test_paint_replaces_the_nodule_channel_and_sets_density_and_size_where_sure():
+    maps = torch.zeros(sum(HEAD_SPLIT), 4, 6, 6)
+    ev = _evidence([[1, 2, 3], [3.4, 5.6, 0.2]], [0.9, 0.2], diameter=12.0, density=3)
+    out = paint(maps, ev, NR + NODULE, NR + NT, NR + NT + ND)
+    ch = out[NR + NODULE]
+    assert ch[1, 2, 3] > 2 and -2 < ch[3, 5, 0] < 0                    # logit(0.9), logit(0.2)
+    assert (ch == BACKGROUND_LOGIT).sum() == ch.numel() - 2
+    assert out[NR + NT:NR + NT + ND, 1, 2, 3].argmax().item() == 3    # density of the sure one
+    assert out[-1, 1, 2, 3].item() == pytest.approx(np.log(12.0))
+    assert torch.equal(out[NR + NT:, 3, 5, 0], maps[NR + NT:, 3, 5, 0])  # the unsure one leaves them
+    others = [c for c in range(maps.shape[0]) if c != NR + NODULE and not NR + NT <= c]
+    assert torch.equal(out[others], maps[others])
+
+
+def test_slot_model_takes_the_nodule_slots_from_the_evidence():
+    from medsearch.models.slot_model import SlotModel
+
+    torch.manual_seed(0)
+    model = SlotModel().eval()
+    x = torch.rand(2, 5, 16, 32, 32)
+    with torch.no_grad():
+        bare = model.encode_image(x)
+        region = torch.softmax(bare["maps"][:, :NR], dim=1)[:, 1:]
+        cell = [2, 5, 5]
+        ev = _evidence([cell], [0.95])
+        out = model.encode_image(x, [ev, None])
+    expected = nodule_slots(ev, region[0])["presence"]
+    assert torch.allclose(out["presence"][0, NODULE], expected)
+    assert torch.equal(out["presence"][1], bare["presence"][1])        # no evidence: the U-Net's slots
+    others = [t for t in range(NT) if t != NODULE]
+    assert torch.equal(out["presence"][0, others], bare["presence"][0, others])
+    assert out["maps"][0, NR + NODULE, 2, 5, 5] > 2 and not torch.equal(out["embedding"][0], bare["embedding"][0])
+    empty = model.encode_image(x, [NoduleEvidence.empty(), None])
+    assert (empty["presence"][0, NODULE] == 0).all()                   # a detector that saw nothing
+
+
+def test_the_encoder_runs_the_detector_of_its_model_folder(tmp_path):
+    import shutil
+
+    from medsearch.dicom.volume import HUVolume
+    from medsearch.models.registry import DEFAULT_MODEL_DIR, Encoder
+    from medsearch.synth.study import generate_study
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    (model / NODULE_FILE).unlink(missing_ok=True)
+    bare = Encoder(model)
+    assert bare.nodule_detector is None
+    torch.manual_seed(0)
+    # a detector that calls every candidate a 10 mm nodule with certainty
+    NoduleDetector(NoduleNet(width=4), scale=0.0, offset=12.0).save(model / NODULE_FILE)
+    enc = Encoder(model)
+    assert enc.nodule_detector is not None and enc.model_version.startswith(bare.model_version + "-n")
+    st = generate_study(1101, 0, 128, findings=["nodule"])
+    vol = HUVolume(st.hu, st.spacing, st.affine, "CT")
+    out, before = enc.encode_volume(vol), bare.encode_volume(vol)
+    nodules = [f for f in out.findings if f["type"] == "nodule"]
+    assert nodules and all(f["key_slice"] is not None and 0 <= f["key_slice"] < st.hu.shape[0] for f in nodules)
+    detected_slices = set(np.rint(enc.nodule_detector.detect(st.hu, st.spacing).index[:, 0]).astype(int))
+    assert {f["key_slice"] for f in nodules} <= detected_slices        # the detector's own slices
+    assert not np.allclose(out.embedding, before.embedding)
+    assert np.linalg.norm(out.embedding) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_load_archive_carries_the_detectors_evidence_and_caches_it(tmp_path):
+    from medsearch.models.data import load_archive
+    from medsearch.synth import generate_archive
+
+    pool = tmp_path / "pool"
+    generate_archive(pool, 2, seed=9004, workers=1, progress=False)
+    torch.manual_seed(0)
+    det = NoduleDetector(NoduleNet(width=4), scale=0.0, offset=0.0)     # every candidate at p = 0.5
+    cache = tmp_path / "cache"
+    first = load_archive(pool, cache_dir=cache, progress=False, detector=det)
+    assert all(isinstance(s.nodules, NoduleEvidence) for s in first)
+    assert any(len(s.nodules) for s in first) and all(np.allclose(s.nodules.probability, 0.5) for s in first)
+    assert len(list(cache.glob("nodules-*/*.npz"))) == 2
+    again = load_archive(pool, cache_dir=cache, progress=False, detector=det)
+    for a, b in zip(first, again):
+        assert np.array_equal(a.hu, b.hu) and np.allclose(a.nodules.cells, b.nodules.cells)
+    plain = load_archive(pool, cache_dir=cache, progress=False)
+    assert all(s.nodules is None for s in plain) and np.array_equal(plain[0].hu, first[0].hu)
+
+
+def test_a_finding_holding_a_detection_takes_its_slice_and_box_from_it():
+    from medsearch.models.nodule_detector import located
+
+    ev = _evidence([[2, 3, 3], [2, 3, 4], [7, 7, 7]], [0.6, 0.9, 0.99], diameter=10.0)
+    ev.native = np.array([[40.0, 60.0, 70.0], [44.2, 61.0, 90.0], [5.0, 5.0, 5.0]])
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])                              # 2 mm pixels
+    key, box = located(ev, np.array([[2, 3, 3], [2, 3, 4], [2, 4, 4]]), affine, (80, 128, 128))
+    assert key == 44                                                    # the surer of the two inside
+    assert box == [86, 57, 94, 65]                                      # 10 mm: radius 2.5 px + 1
+    assert located(ev, np.array([[0, 0, 0]]), affine, (80, 128, 128)) is None
+    ev.native = None
+    assert located(ev, np.array([[2, 3, 3]]), affine, (80, 128, 128)) is None

@@ -1,0 +1,76 @@
+"""Training the nodule detector: examples from synthetic studies, calibration, determinism, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsearch import vocab
+from medsearch.errors import InputError
+from medsearch.models.candidates import PATCH_CELLS
+from medsearch.models.train_nodules import (Examples, NoduleTrainConfig, build_examples, fit_platt,
+                                            study_examples, train_detector)
+
+
+def _toy_examples(studies: int = 12, per_study: int = 10, seed: int = 0) -> Examples:
+    """Patches where a nodule is a bright central ball and the rest is noise."""
+    rng = np.random.default_rng(seed)
+    n = studies * per_study
+    c = np.arange(PATCH_CELLS) - (PATCH_CELLS - 1) / 2
+    ball = (c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) < 9
+    label = np.zeros(n, np.int8)
+    label[::per_study] = 1                                                # one nodule per study
+    patches = rng.normal(-0.8, 0.1, (n, 1, PATCH_CELLS, PATCH_CELLS, PATCH_CELLS)).astype(np.float32)
+    for k in np.flatnonzero(label == 1):
+        patches[k, 0][ball] = 0.5
+    return Examples(patches.astype(np.float16), rng.normal(0, 1, (n, 4)).astype(np.float32), label,
+                    np.where(label == 1, np.log(12.0), 0).astype(np.float32),
+                    np.where(label == 1, 0, -1).astype(np.int64), np.repeat(np.arange(studies), per_study),
+                    np.ones(studies, bool))
+
+
+def test_platt_scaling_recovers_a_known_calibration():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, 20000).astype(np.float32)
+    labels = rng.random(20000) < 1 / (1 + np.exp(-(0.5 * logits - 2.0)))
+    scale, offset = fit_platt(logits, labels)
+    assert scale == pytest.approx(0.5, abs=0.08) and offset == pytest.approx(-2.0, abs=0.15)
+    assert fit_platt(logits, np.zeros(20000, bool)) == (1.0, 0.0)     # nothing to fit
+
+
+def test_training_learns_toy_nodules_and_is_deterministic():
+    ex = _toy_examples()
+    cfg = NoduleTrainConfig(steps=40, batch_size=16, width=4, val_fraction=0.25)
+    det, summary = train_detector(ex, cfg, device="cpu", progress=False)
+    again, _ = train_detector(ex, cfg, device="cpu", progress=False)
+    for a, b in zip(det.net.state_dict().values(), again.net.state_dict().values()):
+        assert torch.equal(a, b)
+    assert summary["val"]["candidate_auc"] > 0.9
+    assert summary["train_studies"] + summary["val_studies"] == 12
+    assert {"scale", "offset"} == set(summary["calibration"])
+
+
+def test_training_without_nodule_candidates_says_what_to_do():
+    ex = _toy_examples()
+    ex.label[:] = 0
+    with pytest.raises(InputError, match="--studies"):
+        train_detector(ex, NoduleTrainConfig(steps=2, batch_size=4, width=4), device="cpu", progress=False)
+
+
+def test_examples_of_a_synthetic_study_label_the_candidates_on_its_nodule():
+    one = study_examples((1101, 0, True))
+    assert one["has_nodule"] and one["patches"].shape[1:] == (1, PATCH_CELLS, PATCH_CELLS, PATCH_CELLS)
+    on = one["label"] == 1
+    assert on.any()                                                     # the forced nodule is a candidate
+    assert (one["density"][on] >= 0).all() and (one["density"][~on] == -1).all()
+    assert (one["logsize"][on] > np.log(3)).all() and (one["logsize"][~on] == 0).all()
+    assert one["density"][on].max() < len(vocab.DENSITIES)
+
+
+def test_build_examples_forces_a_nodule_into_every_other_study():
+    ex = build_examples(1101, 2, workers=1, progress=False)
+    assert ex.has_nodule[0] and len(ex.has_nodule) == 2
+    assert set(np.unique(ex.study)) <= {0, 1} and len(ex.label) == len(ex.patches) == len(ex.features)
+    sub = ex.subset(np.array([1]))
+    assert (sub.study == 0).all() and len(sub.has_nodule) == 1
