@@ -241,7 +241,7 @@ def nodule_slots(ev: NoduleEvidence, region: torch.Tensor) -> dict[str, torch.Te
 def paint(maps: torch.Tensor, ev: NoduleEvidence, channel: int, density_at: int, logsize_at: int) -> torch.Tensor:
     """One study's raw maps (C, z, y, x) with the nodule channel replaced by the detections' logits, and
     the density and size channels taken from the detector where it is surer than not."""
-    out = maps.clone()
+    out = maps.detach().clone()   # the detector's logits are not the U-Net's: no gradient flows through them
     out[channel] = BACKGROUND_LOGIT
     if len(ev) == 0:
         return out

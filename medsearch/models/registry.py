@@ -89,7 +89,15 @@ class Encoder:
         if self.nodule_detector is not None:
             self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
         self._minilm = None
+        self._pool = None
         self.dim = int(self.config["dim"])
+
+    def _detect_pool(self):
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodule-detector")
+        return self._pool
 
     @property
     def minilm(self):
@@ -124,8 +132,15 @@ class Encoder:
                              "Encode a 3-D series with at least 2 slices.")
         canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
         x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
-        evidence = self.nodule_detector.evidence(vol, affine) if self.nodule_detector is not None else None
-        out = self.model.encode_image(x, [evidence]) if evidence is not None else self.model.encode_image(x)
+        evidence = None
+        if self.nodule_detector is not None:
+            # the detector (numpy/scipy and a small network) runs beside the U-Net's forward pass: on two
+            # cores this saves about a sixth of the volume's encoding time (docs/model.md, "Speed")
+            pending = self._detect_pool().submit(self.nodule_detector.evidence, vol, affine)
+            out = self.model.encode_image(x, lambda: [pending.result()])
+            evidence = pending.result()
+        else:
+            out = self.model.encode_image(x)
         z, y, x_ = canon.shape
         if self.config["arch"] == "ctseg":
             from medsearch.models.slot_findings import decode

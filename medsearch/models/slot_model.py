@@ -117,8 +117,12 @@ class SlotModel(nn.Module):
 
     def encode_image(self, x: torch.Tensor, nodules: list | None = None) -> dict[str, torch.Tensor]:
         """The image side; ``nodules`` (one :class:`~medsearch.models.nodule_detector.NoduleEvidence` per
-        volume, or None) replaces the U-Net's nodule slots and channel with the detector's."""
+        volume, or None) replaces the U-Net's nodule slots and channel with the detector's.  It may be a
+        callable returning that list: it is called after the U-Net's forward pass, so that the caller can
+        run the detector concurrently with it."""
         maps, _ = self.image(x)
+        if callable(nodules):
+            nodules = nodules()
         out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset,
                                     floor=self.image.presence_floor))
         if nodules is not None:

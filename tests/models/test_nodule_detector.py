@@ -120,6 +120,9 @@ def test_slot_model_takes_the_nodule_slots_from_the_evidence():
     others = [t for t in range(NT) if t != NODULE]
     assert torch.equal(out["presence"][0, others], bare["presence"][0, others])
     assert out["maps"][0, NR + NODULE, 2, 5, 5] > 2 and not torch.equal(out["embedding"][0], bare["embedding"][0])
+    with torch.no_grad():
+        deferred = model.encode_image(x, lambda: [ev, None])           # evidence computed beside the U-Net
+    assert torch.equal(deferred["embedding"], out["embedding"])
     empty = model.encode_image(x, [NoduleEvidence.empty(), None])
     assert (empty["presence"][0, NODULE] == 0).all()                   # a detector that saw nothing
 
