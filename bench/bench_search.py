@@ -234,6 +234,9 @@ def main(argv=None) -> int:
     print(f"key slice within the finding's slices: {loc['key_slice_within']}/{loc['relevant_hits']}"
           f" = {loc['rate'] if loc['rate'] is None else round(loc['rate'], 3)} (target 0.9; middle-slice "
           f"baseline {loc.get('middle_slice_baseline')})")
+    if loc.get("misses_by_type"):
+        print("  misses by the query's finding type: "
+              + ", ".join(f"{t} {n}" for t, n in loc["misses_by_type"].items()))
     print(f"wrote {RESULTS}")
     return 0
 

@@ -126,6 +126,7 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
     if max_queries:
         texts, specs = texts[:max_queries], specs[:max_queries]
     hits = total = middle = 0
+    misses: dict[str, int] = {}
     shapes = _shapes(inst)
     for text, spec in zip(texts, specs):
         for r in S.search(inst, text, k=k)["results"]:
@@ -136,12 +137,16 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
             if not matching:
                 continue
             total += 1
-            hits += any(f["slice_range"][0] <= r["key_slice"] <= f["slice_range"][1] for f in matching)
+            within = any(f["slice_range"][0] <= r["key_slice"] <= f["slice_range"][1] for f in matching)
+            hits += within
+            if not within:
+                misses[spec["type"]] = misses.get(spec["type"], 0) + 1
             # baseline in the same run: the middle slice of the series
             mid = shapes[r["series"]][0] // 2
             middle += any(f["slice_range"][0] <= mid <= f["slice_range"][1] for f in matching)
     return {"relevant_hits": total, "key_slice_within": hits, "rate": hits / total if total else None,
-            "middle_slice_baseline": middle / total if total else None}
+            "middle_slice_baseline": middle / total if total else None,
+            "misses_by_type": dict(sorted(misses.items(), key=lambda kv: -kv[1]))}
 
 
 def _shapes(inst) -> dict[str, list]:
