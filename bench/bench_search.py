@@ -237,6 +237,9 @@ def main(argv=None) -> int:
     if loc.get("misses_by_type"):
         print("  misses by the query's finding type: "
               + ", ".join(f"{t} {n}" for t, n in loc["misses_by_type"].items()))
+    if loc.get("by_source"):
+        print("  within / hits by what located the key slice: "
+              + ", ".join(f"{k} {v['within']}/{v['hits']}" for k, v in loc["by_source"].items()))
     print(f"wrote {RESULTS}")
     return 0
 

@@ -15,8 +15,10 @@ Steps of :func:`search` (issue 7, the seed's coarse-to-fine path):
 6. rerank the best ``RERANK_DEPTH`` with the cross-attention model
    (:mod:`medsearch.models.reranker`) when one is installed and was kept (it is
    kept only where it beat the dual tower, see docs/index-and-search.md);
-   its attention gives the key slice and region (:mod:`medsearch.models.localize`) where no predicted
-   finding located one; without it, the stored type and region maps conditioned on the query's findings do;
+   where no predicted finding located the key slice and region, the slot the query names does (located
+   when the series was encoded, :mod:`medsearch.models.slot_locations`); failing that the reranker's
+   attention (:mod:`medsearch.models.localize`), or the stored type and region maps conditioned on the
+   query's findings, do;
 7. combine global, region and attribute scores with weights adapted to the
    query's complexity;
 8. aggregate series to studies (a study scores as its best series);
@@ -272,27 +274,43 @@ def _wanted_slots(parsed: dict | None) -> list[tuple[int, np.ndarray]]:
             for q in pos if q["concept"] in vocab.FINDING_TYPES]
 
 
-def _key_slice(inst, c: _Cand, located: dict, wanted=()) -> tuple[int | None, list[int] | None]:
-    """Key slice and region, from the first of: the best-matching predicted finding; the reranker's
-    heatmap; the query-conditioned heatmap of the stored type and region maps (``wanted``, ctseg);
-    the middle slice."""
-    for best in c.match.best:
-        if best is not None and best.get("id") in located:
+def _key_slice(inst, c: _Cand, located: dict, wanted=()) -> tuple[int | None, list[int] | None, str | None]:
+    """Key slice, region and what located them, from the first of: the best-matching predicted finding,
+    where it lies where the query says (``finding``); the slot the query names, located when the series
+    was encoded (``slot``, ctseg: :mod:`medsearch.models.slot_locations`); the reranker's heatmap
+    (``reranker``); the query-conditioned heatmap of the stored type and region maps (``maps``); the
+    middle slice (``middle``).  A predicted finding in another lobe than the query names comes after the
+    slot, before the heatmaps."""
+    found = [(best, placed) for best, placed in zip(c.match.best, c.match.placed)
+             if best is not None and best.get("id") in located]
+    for best, placed in found:
+        if placed:
             key, bbox = located[best["id"]]
-            return int(key), bbox
+            return int(key), bbox, "finding"
     shape = c.row.get("shape") or None
-    if c.heat is not None or wanted:
+    if c.heat is not None or wanted or found:
         from medsearch.models.localize import localize, slot_heatmap
+        from medsearch.models.slot_locations import best_location
         from medsearch.models.spatial_store import load_spatial
 
         rec = load_spatial(inst, c.row["series"])
+        if rec is not None and rec.locations is not None and wanted:
+            where = best_location(rec.locations, wanted)
+            if where is not None:
+                return where[0], where[1], "slot"
+        if found:
+            # a predicted finding of the queried type, though not where the query says: still on the scan's
+            # own slices, unlike a heatmap
+            key, bbox = located[found[0][0]["id"]]
+            return int(key), bbox, "finding"
         heat = None if rec is None else (c.heat if c.heat is not None else slot_heatmap(rec.spatial, wanted))
         if heat is not None:
-            return localize(heat, rec.canon_shape, rec.canon_affine, rec.native_affine, rec.native_shape)
+            key, region = localize(heat, rec.canon_shape, rec.canon_affine, rec.native_affine, rec.native_shape)
+            return key, region, "reranker" if c.heat is not None else "maps"
     if shape:
         z, y, x = (int(n) for n in shape)
-        return z // 2, [0, 0, x - 1, y - 1]
-    return None, None
+        return z // 2, [0, 0, x - 1, y - 1], "middle"
+    return None, None, None
 
 
 def _components(c: _Cand, w: dict[str, float]) -> dict:
@@ -323,12 +341,12 @@ def _aggregate(inst, cands: list[_Cand], k: int, w: dict[str, float], heat_from=
     wanted = _wanted_slots(parsed)
     results = []
     for c in top:
-        key, region = _key_slice(inst, c, located, wanted)
+        key, region, located_by = _key_slice(inst, c, located, wanted)
         date = c.row.get("study_date")
         results.append({
             "study": c.row["study"], "series": c.row["series"], "score": round(float(c.score), 6),
             "components": _components(c, w), "matched": list(c.match.matched), "unmatched": list(c.match.unmatched),
-            "key_slice": key, "region": region,
+            "key_slice": key, "region": region, "located_by": located_by,
             "study_date": date.isoformat() if date is not None else None,
             "modality": c.row.get("modality"), "body_part": c.row.get("body_part"),
         })

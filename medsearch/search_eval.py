@@ -127,6 +127,7 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
         texts, specs = texts[:max_queries], specs[:max_queries]
     hits = total = middle = 0
     misses: dict[str, int] = {}
+    by_source: dict[str, list[int]] = {}  # what located the key slice -> [hits, total]
     shapes = _shapes(inst)
     for text, spec in zip(texts, specs):
         for r in S.search(inst, text, k=k)["results"]:
@@ -141,12 +142,16 @@ def localisation(inst, labs: list[dict], lang: str = "en", k: int = 10, max_quer
             hits += within
             if not within:
                 misses[spec["type"]] = misses.get(spec["type"], 0) + 1
+            tally = by_source.setdefault(str(r.get("located_by")), [0, 0])
+            tally[0] += within
+            tally[1] += 1
             # baseline in the same run: the middle slice of the series
             mid = shapes[r["series"]][0] // 2
             middle += any(f["slice_range"][0] <= mid <= f["slice_range"][1] for f in matching)
     return {"relevant_hits": total, "key_slice_within": hits, "rate": hits / total if total else None,
             "middle_slice_baseline": middle / total if total else None,
-            "misses_by_type": dict(sorted(misses.items(), key=lambda kv: -kv[1]))}
+            "misses_by_type": dict(sorted(misses.items(), key=lambda kv: -kv[1])),
+            "by_source": {k: {"within": v[0], "hits": v[1]} for k, v in sorted(by_source.items())}}
 
 
 def _shapes(inst) -> dict[str, list]:

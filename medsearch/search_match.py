@@ -57,6 +57,8 @@ class Match:
             predicted confidently).
         matched / unmatched: human-readable attribute values ("nodule", "left lower lobe", "no pleural effusion").
         best: for each positive query finding, the predicted finding row that matched it best (or None).
+        placed: for each positive query finding, whether that row also lies where the query says (its site
+            and side, where the query names them): only then is its key slice the query's.
     """
 
     score: float = 0.0
@@ -64,6 +66,7 @@ class Match:
     matched: list[str] = field(default_factory=list)
     unmatched: list[str] = field(default_factory=list)
     best: list[dict | None] = field(default_factory=list)
+    placed: list[bool] = field(default_factory=list)
 
 
 def _term(value) -> str | None:
@@ -248,6 +251,7 @@ def match(parsed: dict | tuple, preds: list[dict]) -> Match:
         score, best, attrs = match_finding(qf, preds)
         scores.append(score)
         m.best.append(best)
+        m.placed.append(best is not None and all(attrs[a] >= 0.5 for a in ("site", "laterality") if a in attrs))
         (m.matched if best is not None else m.unmatched).append(qf["concept"])
         for attr in ATTRIBUTES:
             if attr == "size" and not n_attributes({"size_mm": qf.get("size_mm")}):

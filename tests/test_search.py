@@ -18,7 +18,7 @@ from medsearch.errors import InputError, NotFoundError
 from medsearch.instance import Instance
 from tests.search_fixtures import add_series, finding, parse_dict, pf, unit
 
-RESULT_KEYS = {"study", "series", "score", "components", "matched", "unmatched", "key_slice", "region",
+RESULT_KEYS = {"study", "series", "score", "components", "matched", "unmatched", "key_slice", "region", "located_by",
                "study_date", "modality", "body_part"}
 
 
@@ -80,7 +80,9 @@ def test_key_slice_from_predicted_finding_else_middle(archive):
     results, _, _ = ranked(archive, parse_dict(pf("nodule", "left lower lobe")), unit(1.0, 0.2))
     by = {r["study"]: r for r in results}
     assert by["ST1"]["key_slice"] == 17 and by["ST1"]["region"] == [5, 6, 20, 22]
+    assert by["ST1"]["located_by"] == "finding"
     assert by["ST2"]["key_slice"] == 20 and by["ST2"]["region"] == [0, 0, 63, 63]  # no map, no slice: the middle
+    assert by["ST2"]["located_by"] == "middle"
 
 
 @pytest.mark.parametrize("z_cell, slices", [(3, {6, 7}), (0, {0, 1})])
@@ -101,6 +103,55 @@ def test_key_slice_from_the_stored_maps_conditioned_on_the_query(archive, z_cell
     results, _, _ = ranked(archive, parse_dict(pf("nodule", "right lower lobe")), unit(1.0, 0.5))
     st2 = next(r for r in results if r["study"] == "ST2")
     assert st2["key_slice"] in slices and st2["region"] != [0, 0, 63, 63]
+    assert st2["located_by"] == "maps"
+
+
+def test_key_slice_from_the_slot_the_query_names_before_the_maps(archive):
+    # ST2's stored record also holds per-slot locations (ctseg encodes them): the query's slot wins over
+    # the coarse heatmap of the same record
+    from medsearch import vocab
+    from medsearch.models.spatial_store import save_spatial
+
+    n_t, n_l = len(vocab.FINDING_TYPES), len(vocab.LOBES)
+    sp = np.zeros((n_t + 1 + n_l, 6, 5, 4), np.float32)
+    sp[n_t + 1 + vocab.LOBES.index("right lower lobe")] = 1.0
+    sp[vocab.FINDING_TYPES.index("nodule"), 1, 2, 0] = 0.8
+    loc = np.zeros((n_t, n_l, 6), np.float32)
+    loc[:, :, 1] = -1
+    loc[vocab.FINDING_TYPES.index("nodule"), vocab.LOBES.index("right lower lobe")] = [0.4, 31, 10, 11, 14, 15]
+    canon = np.diag([2.0, 2.0, 2.0, 1.0])
+    save_spatial(archive, "SE2", sp, (12, 10, 8), canon, np.diag([-2.0, -2.0, 2.0, 1.0]), (40, 64, 64), loc)
+    results, _, _ = ranked(archive, parse_dict(pf("nodule", "right lower lobe")), unit(1.0, 0.5))
+    st2 = next(r for r in results if r["study"] == "ST2")
+    assert (st2["key_slice"], st2["region"], st2["located_by"]) == (31, [10, 11, 14, 15], "slot")
+    # a lobe the record has no location for falls back to the stored maps
+    results, _, _ = ranked(archive, parse_dict(pf("nodule", "left upper lobe")), unit(1.0, 0.5))
+    assert next(r for r in results if r["study"] == "ST2")["located_by"] != "slot"
+
+
+def test_a_predicted_finding_in_another_lobe_yields_to_the_named_lobes_slot(archive):
+    # ST1 predicts its nodule in the left lower lobe (key slice 17); asked for the right lower lobe, the
+    # key slice is that lobe's slot, where the record has one, else still the predicted finding's
+    from medsearch import vocab
+    from medsearch.models.spatial_store import remove_spatial, save_spatial
+
+    n_t, n_l = len(vocab.FINDING_TYPES), len(vocab.LOBES)
+    loc = np.zeros((n_t, n_l, 6), np.float32)
+    loc[:, :, 1] = -1
+    loc[vocab.FINDING_TYPES.index("nodule"), vocab.LOBES.index("right lower lobe")] = [0.2, 9, 1, 2, 3, 4]
+    sp = np.zeros((n_t + 1 + n_l, 6, 5, 4), np.float32)
+    save_spatial(archive, "SE1", sp, (12, 10, 8), np.eye(4), np.eye(4), (40, 64, 64), loc)
+    try:
+        st1 = lambda q: next(r for r in ranked(archive, parse_dict(q), unit(1.0, 0.2))[0]  # noqa: E731
+                             if r["study"] == "ST1")
+        rll = st1(pf("nodule", "right lower lobe"))
+        assert (rll["key_slice"], rll["located_by"]) == (9, "slot")
+        assert (st1(pf("nodule", "left lower lobe"))["key_slice"], st1(pf("nodule"))["located_by"]) == (17, "finding")
+        remove_spatial(archive, "SE1")
+        assert (st1(pf("nodule", "right lower lobe"))["key_slice"],
+                st1(pf("nodule", "right lower lobe"))["located_by"]) == (17, "finding")
+    finally:
+        remove_spatial(archive, "SE1")
 
 
 @pytest.mark.parametrize("filters, expected", [

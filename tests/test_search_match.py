@@ -70,6 +70,19 @@ def test_wrong_side_is_unmatched_and_scores_lower():
     assert bad.score < good.score
 
 
+@pytest.mark.parametrize("query, placed", [
+    (qf("nodule"), True),                                   # no site named: anywhere will do
+    (qf("nodule", "left lower lobe"), True),
+    (qf("nodule", "left lung"), True),
+    (qf("nodule", "right lower lobe"), False),              # right type, wrong lobe
+    (qf("nodule", laterality="right"), False),
+    (qf("nodule", "left lower lobe", size={"min": 5, "max": 5}), True),  # size does not move the key slice
+    (qf("pneumothorax"), False),                            # nothing of the type
+])
+def test_placed_says_whether_the_best_finding_lies_where_the_query_says(query, placed):
+    assert sm.match(q(query), [GGN_LLL]).placed == [placed]
+
+
 def test_missing_concept_scores_zero():
     m = sm.match(q(qf("pneumothorax")), [GGN_LLL])
     assert m.score == 0.0 and m.unmatched == ["pneumothorax"] and m.best == [None]

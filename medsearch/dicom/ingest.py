@@ -405,7 +405,7 @@ def _save_spatial(inst, series_key: str, vol: HUVolume, encoded) -> None:
     except ImportError:
         return
     save_spatial(inst, series_key, encoded.spatial, encoded.canon_shape, encoded.canon_affine, vol.affine,
-                 vol.shape)
+                 vol.shape, locations=getattr(encoded, "locations", None))
 
 
 def load_stored_volume(inst, row: Volume) -> HUVolume:

@@ -63,6 +63,27 @@ class Candidates:
                         axis=1).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class LungGrid:
+    """A lung mask (:func:`lung_mask`) computed on a grid coarser than the scan's by an integer ``step``
+    per axis (the detector's grid), looked up at the scan's own voxels.
+
+    Attributes:
+        mask: bool (z, y, x) on the coarse grid.
+        step: (3,) int, scan voxels per coarse voxel along (z, y, x).
+    """
+
+    mask: np.ndarray
+    step: np.ndarray
+
+    def box(self, z: slice, y: slice, x: slice) -> np.ndarray:
+        """The mask over a box of the scan's own voxels (bool, the box's shape); voxels past the coarse
+        grid's last whole block take the nearest block."""
+        idx = [np.minimum(np.arange(s.start, s.stop) // int(st), n - 1)
+               for s, st, n in zip((z, y, x), self.step, self.mask.shape)]
+        return self.mask[np.ix_(*idx)]
+
+
 def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float], close_mm: float = 8.0) -> np.ndarray:
     """Bool (z, y, x): the lungs, with the vessels, nodules and masses inside them.
 
@@ -246,5 +267,5 @@ def extract_patches(hu: np.ndarray, spacing: tuple[float, float, float], index: 
     return out
 
 
-__all__ = ["Candidates", "MAX_CANDIDATES", "PATCH_CELLS", "PATCH_MM", "SCALES_MM", "blob_response",
+__all__ = ["Candidates", "LungGrid", "MAX_CANDIDATES", "PATCH_CELLS", "PATCH_MM", "SCALES_MM", "blob_response",
            "extract_patches", "find_candidates", "lung_mask"]

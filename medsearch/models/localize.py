@@ -119,6 +119,13 @@ def canonical_to_native(coords: np.ndarray, canon_affine: np.ndarray, native_aff
     return native[:3].T
 
 
+def half_to_native(points_zyx: np.ndarray, canon_affine: np.ndarray, native_affine: np.ndarray) -> np.ndarray:
+    """Coordinates (n, 3) as (z, y, x) on the ``ctseg`` tower's half-resolution maps (each cell two canonical
+    voxels wide) -> native voxel coordinates (n, 3) as (x, y, slice)."""
+    canon = (np.asarray(points_zyx, dtype=np.float64) + 0.5) * 2 - 0.5
+    return canonical_to_native(canon[:, ::-1], canon_affine, native_affine)
+
+
 def _coarse_peak(heat: np.ndarray) -> np.ndarray:
     """Continuous cell coordinates (3,) of the heat peak: centroid of the 3x3x3 cells around the argmax."""
     cell = np.unravel_index(int(np.argmax(heat)), heat.shape)

@@ -18,14 +18,14 @@ without one the tower is the U-Net alone, as in models trained before it existed
 from __future__ import annotations
 
 import pickle
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from medsearch import vocab
-from medsearch.models.candidates import extract_patches, find_candidates, lung_mask
+from medsearch.models.candidates import LungGrid, extract_patches, find_candidates, lung_mask
 from medsearch.models.nodule_net import NoduleNet
 
 #: File of the detector in a model folder.
@@ -56,6 +56,7 @@ class Detections:
     probability: np.ndarray
     diameter_mm: np.ndarray
     density: np.ndarray
+    lungs: LungGrid | None = None
 
     def __len__(self) -> int:
         return len(self.probability)
@@ -71,6 +72,8 @@ class NoduleEvidence:
         logsize: (N,) log of the diameter in mm.
         native: (N, 3) the detections' voxels ``(z, y, x)`` on the scan's own grid (for key slices and
             boxes), or None.
+        lungs: the lung mask the detector computed, which the key slices of the other findings reuse
+            (:mod:`medsearch.models.slot_locations`); None when loaded from a cache.
     """
 
     cells: np.ndarray
@@ -78,6 +81,7 @@ class NoduleEvidence:
     logsize: np.ndarray
     density: np.ndarray
     native: np.ndarray | None = None
+    lungs: LungGrid | None = None
 
     @classmethod
     def empty(cls) -> "NoduleEvidence":
@@ -159,10 +163,11 @@ class NoduleDetector:
     def detect(self, hu: np.ndarray, spacing) -> Detections:
         """Nodules of one scan ``hu`` (z, y, x) with ``spacing`` (dz, dy, dx) mm; indices on its grid."""
         grid, sp, step = _detection_grid(np.asarray(hu), spacing)
-        cands = find_candidates(grid, tuple(sp), lung_mask(grid, tuple(sp)))
+        lungs = lung_mask(grid, tuple(sp))
+        cands = find_candidates(grid, tuple(sp), lungs)
         p, diameter, density = self.score(extract_patches(grid, tuple(sp), cands.index), cands.features())
         index = cands.index * step + (step - 1) / 2.0
-        return Detections(index.astype(np.float64), p, diameter, density)
+        return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step))
 
     def evidence(self, vol, canon_affine: np.ndarray) -> NoduleEvidence:
         """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
@@ -170,10 +175,16 @@ class NoduleDetector:
         det = self.detect(vol.hu, vol.spacing)
         keep = det.probability >= MIN_PROBABILITY
         if not keep.any():
-            return NoduleEvidence.empty()
+            return replace(NoduleEvidence.empty(), lungs=det.lungs)
         return NoduleEvidence(native_to_half(det.index[keep], vol.affine, canon_affine),
                               det.probability[keep], np.log(np.maximum(det.diameter_mm[keep], 1.0)),
-                              det.density[keep], det.index[keep])
+                              det.density[keep], det.index[keep], det.lungs)
+
+
+def scan_lungs(hu: np.ndarray, spacing) -> LungGrid:
+    """The lung mask of a scan on the detector's grid (for a model without a detector, or cached evidence)."""
+    grid, sp, step = _detection_grid(np.asarray(hu), spacing)
+    return LungGrid(lung_mask(grid, tuple(sp)), step)
 
 
 def native_to_half(index_zyx: np.ndarray, native_affine: np.ndarray, canon_affine: np.ndarray) -> np.ndarray:
@@ -194,6 +205,15 @@ def located(ev: NoduleEvidence, cells: np.ndarray, native_affine: np.ndarray, na
     if not inside.any():
         return None
     k = int(np.flatnonzero(inside)[np.argmax(ev.probability[inside])])
+    return detection_box(ev, k, native_affine, native_shape)
+
+
+def detection_box(ev: NoduleEvidence, k: int, native_affine: np.ndarray, native_shape) -> tuple[int, list[int]]:
+    """Key slice and box ``[x0, y0, x1, y1]`` (its diameter plus a pixel) of detection ``k`` on the scan.
+
+    The slice is the detection's own, not refined: moving it to the box's brightest slice within the
+    nodule's radius lost 10 of 64 key slices on a benchmark archive (docs/index-and-search.md).
+    """
     z, y, x = ev.native[k]
     nz, ny, nx = (int(n) for n in native_shape)
     pixel = float(np.linalg.norm(np.asarray(native_affine, float)[:3, 0])) or 1.0

@@ -42,6 +42,8 @@ class EncodedVolume:
     model_version: str
     canon_shape: tuple[int, int, int] = (0, 0, 0)  # (X, Y, Z) = (R, A, S)
     canon_affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    #: ctseg: (T, L, 6) key slice and box per slot (:mod:`medsearch.models.slot_locations`), else None
+    locations: np.ndarray | None = None
 
 
 #: Buffers that older model files lack; they load with the new model's default.
@@ -145,11 +147,19 @@ class Encoder:
         if self.config["arch"] == "ctseg":
             from medsearch.models.slot_findings import decode
 
+            from medsearch.models.nodule_detector import scan_lungs
+            from medsearch.models.slot_locations import slot_locations
+
+            # the key slices of findings and slots count tissue inside the lungs: the detector's mask
+            lungs = evidence.lungs if evidence is not None and evidence.lungs is not None else \
+                scan_lungs(vol.hu, vol.spacing)
             findings = decode(out["maps"][0], affine, vol.affine, vol.hu.shape, vol.hu, out["presence"][0],
-                              {"nodule": evidence} if evidence is not None else None)
+                              {"nodule": evidence} if evidence is not None else None, lungs, vol.spacing)
+            locations = slot_locations(out["maps"][0], affine, vol.affine, vol.hu, vol.spacing, lungs, evidence)
             spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()
             return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),
-                                 spatial.numpy().astype(np.float16), findings, self.model_version, (x_, y, z), affine)
+                                 spatial.numpy().astype(np.float16), findings, self.model_version, (x_, y, z), affine,
+                                 locations)
         findings = []
         for f in decode_findings({k: out[k][0] for k in ("presence", "density", "size")}):
             findings.append({**f, "finding_type": f["type"], "key_slice": None, "bbox": None})

@@ -5,10 +5,11 @@ finding: its lobe is where most of its probability lies, its density and size
 are the maps' weighted means over it, and its location is its peak.  The peak
 is mapped from the canonical grid to the native series
 (:func:`medsearch.models.localize.canonical_to_native`); for focal findings the
-key slice is then refined on the native pixels, to the slice of the largest
-cross-section (highest mean attenuation in the finding's box) within the
-finding's extent, because the maps are 13 mm apart along the body axis while a
-small nodule spans a few millimetres.
+key slice is then refined on the native pixels within the finding's extent,
+because the maps are 13 mm apart along the body axis while a small nodule spans
+a few millimetres: to the slice where the box holds the most of the finding's
+tissue inside the lungs (given the scan's lung mask), else to the box's highest
+mean attenuation.
 
 Pleural findings are reported per side at the pleura, emphysema per lung, as the
 labels and the terminology do.
@@ -23,22 +24,14 @@ from scipy import ndimage
 from medsearch import vocab
 from medsearch.models.heads import DENSITY_TYPES
 from medsearch.models.image_tower_seg import HEAD_SPLIT
-from medsearch.models.localize import canonical_to_native
+from medsearch.models.localize import half_to_native
 from medsearch.models.nodule_detector import located
 from medsearch.models.phrases import SIZED_TYPES
+from medsearch.models.slot_locations import REFINE_HU, refine_slice
 
 THRESHOLD = 0.5
 #: Types whose key slice is refined on the native pixels.
 FOCAL_TYPES = ("nodule", "mass", "cavity", "ground-glass opacity", "consolidation", "atelectasis")
-#: The half-resolution maps' voxel is 2 canonical voxels wide.
-SCALE = 2
-
-
-def _native(points_zyx: np.ndarray, canon_affine, native_affine) -> np.ndarray:
-    """Half-resolution map coordinates (n, 3) as (z, y, x) -> native (x, y, slice)."""
-    canon = (np.asarray(points_zyx, dtype=np.float64) + 0.5) * SCALE - 0.5
-    return canonical_to_native(canon[:, ::-1], canon_affine, native_affine)
-
 
 def _refine_slice(native_hu: np.ndarray, key: int, box: list[int], half_extent: int) -> int:
     """The slice within ``half_extent`` of ``key`` whose box has the highest mean attenuation."""
@@ -53,7 +46,7 @@ def _refine_slice(native_hu: np.ndarray, key: int, box: list[int], half_extent: 
 
 def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarray,
            native_shape, native_hu: np.ndarray | None = None, presence: torch.Tensor | None = None,
-           detections: dict | None = None) -> list[dict]:
+           detections: dict | None = None, lungs=None, spacing=None) -> list[dict]:
     """Findings of one volume.
 
     Args:
@@ -62,6 +55,10 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
         native_affine: 4x4 native voxel (x, y, z) -> LPS mm.
         native_shape: native volume shape (z, y, x).
         native_hu: the native volume (z, y, x), for refining focal key slices; optional.
+        lungs, spacing: the scan's :class:`~medsearch.models.candidates.LungGrid` and (dz, dy, dx) mm;
+            with them the refinement counts the finding's tissue inside the lungs
+            (:func:`medsearch.models.slot_locations.refine_slice`), which a neighbouring heart or
+            diaphragm cannot outweigh; without them it takes the box's highest mean attenuation.
         presence: (T, L) calibrated slot presence (:func:`medsearch.models.slots.image_slots`); when
             given, a region counts only where its slot is present, and the slot's presence is its
             probability, so that the findings agree with the embedding.
@@ -81,8 +78,8 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
     logsize = m[-1].numpy()
     nz, ny, nx = (int(n) for n in native_shape)
     # native slices per map voxel along z, for the refinement window
-    step = abs(_native(np.array([[1.0, 0, 0]]), canon_affine, native_affine)[0, 2]
-               - _native(np.array([[0.0, 0, 0]]), canon_affine, native_affine)[0, 2])
+    step = abs(half_to_native(np.array([[1.0, 0, 0]]), canon_affine, native_affine)[0, 2]
+               - half_to_native(np.array([[0.0, 0, 0]]), canon_affine, native_affine)[0, 2])
     out: list[dict] = []
     for t, ftype in enumerate(vocab.FINDING_TYPES):
         prob = types[t]
@@ -106,7 +103,8 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
             # the box: the component's in-plane extent (map voxels are 2 canonical voxels wide)
             corners = np.array([[peak[0], y, x] for y in (yy.min() - 0.5, yy.max() + 0.5)
                                 for x in (xx.min() - 0.5, xx.max() + 0.5)])
-            nat = _native(np.vstack([np.array(peak, dtype=np.float64)[None], corners]), canon_affine, native_affine)
+            nat = half_to_native(np.vstack([np.array(peak, dtype=np.float64)[None], corners]), canon_affine,
+                                 native_affine)
             key = int(np.clip(np.rint(nat[0, 2]), 0, nz - 1))
             bx0, bx1 = np.clip([nat[1:, 0].min(), nat[1:, 0].max()], 0, nx - 1)
             by0, by1 = np.clip([nat[1:, 1].min(), nat[1:, 1].max()], 0, ny - 1)
@@ -117,7 +115,10 @@ def decode(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: np.ndarr
                 key, box = exact
             elif native_hu is not None and ftype in FOCAL_TYPES:
                 extent = int(np.ceil((zz.max() - zz.min() + 1) * step / 2)) + 1
-                key = _refine_slice(native_hu, key, box, extent)
+                if lungs is not None and spacing is not None and ftype in REFINE_HU:
+                    key = refine_slice(native_hu, lungs, key, box, extent, REFINE_HU[ftype], spacing)
+                else:
+                    key = _refine_slice(native_hu, key, box, extent)
             found.append({"lobe": vocab.LOBES[lobe],
                           "probability": round(slot_p if slot_p is not None else float(prob[peak]), 4),
                           "density": density, "size_mm": size, "key_slice": key, "bbox": box,

@@ -4,7 +4,8 @@ The encoding step writes one file per series,
 ``<data_dir>/spatial/<series_pseudonym>.npz``, holding the image tower's
 spatial map (float16, (C, X, Y, Z)) and the geometry needed to map a heatmap
 back to the native slices: the canonical grid shape and affine, the native
-affine and shape.  Like the stored volumes, these are derived from
+affine and shape; for ``ctseg`` models also a key slice and box per finding slot
+(:mod:`medsearch.models.slot_locations`).  Like the stored volumes, these are derived from
 de-identified pixels and hold no identifier; the file name is the pseudonym.
 
 The search pipeline reads only the few hundred candidates it reranks, through a
@@ -29,6 +30,9 @@ class SpatialRecord:
     canon_affine: np.ndarray  # 4x4 canonical voxel -> RAS mm
     native_affine: np.ndarray  # 4x4 native voxel (x, y, z) -> LPS mm
     native_shape: tuple[int, int, int]  # (z, y, x)
+    #: (T, L, 6) key slice and box per slot (:mod:`medsearch.models.slot_locations`); None in files
+    #: written before they were kept
+    locations: np.ndarray | None = None
 
 
 def spatial_path(inst, series_pseudonym: str) -> Path:
@@ -36,14 +40,16 @@ def spatial_path(inst, series_pseudonym: str) -> Path:
 
 
 def save_spatial(inst, series_pseudonym: str, spatial, canon_shape, canon_affine, native_affine,
-                 native_shape) -> Path:
-    """Write a series' spatial map and geometry atomically (a crash never leaves half a file)."""
+                 native_shape, locations=None) -> Path:
+    """Write a series' spatial map, geometry and (ctseg) slot locations atomically (a crash never leaves
+    half a file)."""
     path = spatial_path(inst, series_pseudonym)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, spatial=np.asarray(spatial, dtype=np.float16), canon_shape=np.asarray(canon_shape),
              canon_affine=np.asarray(canon_affine, dtype=np.float64),
-             native_affine=np.asarray(native_affine, dtype=np.float64), native_shape=np.asarray(native_shape))
+             native_affine=np.asarray(native_affine, dtype=np.float64), native_shape=np.asarray(native_shape),
+             **({"locations": np.asarray(locations, dtype=np.float32)} if locations is not None else {}))
     os.replace(tmp, path)
     _cache.pop(str(path), None)
     return path
@@ -67,7 +73,8 @@ def load_spatial(inst, series_pseudonym: str) -> SpatialRecord | None:
         return None
     with np.load(path) as z:
         rec = SpatialRecord(z["spatial"], tuple(int(n) for n in z["canon_shape"]), z["canon_affine"],
-                            z["native_affine"], tuple(int(n) for n in z["native_shape"]))
+                            z["native_affine"], tuple(int(n) for n in z["native_shape"]),
+                            z["locations"] if "locations" in z.files else None)
     with _lock:
         _cache[key] = rec
         while len(_cache) > CACHE_ENTRIES:
