@@ -323,6 +323,15 @@ def load_archive(archive, reports=None, cache_dir=None, progress: bool = True, s
     return studies
 
 
+def detector_digest(detector) -> str:
+    """12 hex digits of the detector's weights and calibration: names its evidence caches, so that a
+    retrained detector never reads another's."""
+    import hashlib
+
+    return hashlib.sha256(b"".join(v.numpy().tobytes() for v in detector.net.state_dict().values())
+                          + f"{detector.scale},{detector.offset}".encode()).hexdigest()[:12]
+
+
 def _detect_archive(archive, records, cache, cache_dir, detector, spacing_mm, shape, workers, progress) -> dict:
     """{study key: (canonical HU, evidence)} of a synthetic archive, read from or written to the caches
     (the evidence's folder is named after the detector's weights, so a retrained one never reads it)."""
@@ -332,9 +341,7 @@ def _detect_archive(archive, records, cache, cache_dir, detector, spacing_mm, sh
 
     from tqdm import tqdm
 
-    digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in detector.net.state_dict().values())
-                            + f"{detector.scale},{detector.offset}".encode()).hexdigest()[:12]
-    ev_cache = Path(cache_dir) / f"nodules-{digest}" if cache_dir else None
+    ev_cache = Path(cache_dir) / f"nodules-{detector_digest(detector)}" if cache_dir else None
     if ev_cache:
         ev_cache.mkdir(parents=True, exist_ok=True)
     out, todo = {}, []

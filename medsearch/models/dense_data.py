@@ -183,6 +183,50 @@ def build_dense_cache(out_dir, seed: int, studies: int, spacing_mm, shape, worke
     return paths
 
 
+def _evidence_one(args):
+    """The nodule detector's evidence on cache study ``index`` of ``seed``, generated again on its own grid
+    (the dense cache keeps only the canonical grid): a worker of :func:`dense_evidence`."""
+    from medsearch.models import data
+    from medsearch.synth import generate_study
+
+    seed, index, spacing_mm, shape = args
+    study = generate_study(seed, index, findings=forced_types(seed, index))
+    vol = HUVolume(study.hu.astype(np.float32), tuple(study.spacing), study.affine, "CT")
+    _, affine = to_canonical(vol, spacing_mm, shape)
+    return data._worker_detector.evidence(vol, affine)
+
+
+def dense_evidence(cache_dir, detector, seed: int, studies: int, spacing_mm, shape, workers: int = 2,
+                   progress: bool = True) -> list:
+    """The nodule detector's evidence on the ``studies`` dense-cache studies of ``seed`` (in order).
+
+    Each study is generated again at its own resolution, where the detector works; the evidence is
+    cached per study under ``<cache_dir>/nodules-<detector digest>``, so a run that resumes, or another
+    run with the same detector, reads it back.
+    """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from medsearch.models.data import _init_detect_worker, detector_digest, load_evidence, save_evidence
+
+    folder = Path(cache_dir) / f"nodules-{detector_digest(detector)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"dense-{seed}-{i:06d}.npz" for i in range(studies)]
+    todo = [i for i, f in enumerate(files) if not f.exists()]
+    if todo:
+        # spawned, not forked: a child forked from a process whose torch thread pool has run deadlocks
+        with ProcessPoolExecutor(max(1, workers), mp_context=mp.get_context("spawn"),
+                                 initializer=_init_detect_worker, initargs=(detector,)) as pool:
+            args = [(seed, i, tuple(spacing_mm), tuple(shape)) for i in todo]
+            for i, ev in tqdm(zip(todo, pool.map(_evidence_one, args, chunksize=4)), total=len(todo),
+                              desc=f"detect nodules seed {seed}", unit="study", disable=not progress):
+                save_evidence(files[i], ev)
+    return [load_evidence(f) for f in files]
+
+
 def synth_study_uid(seed: int, index: int) -> str:
     """The StudyInstanceUID study ``index`` of archive ``seed`` has (without rendering it)."""
     import datetime as dt

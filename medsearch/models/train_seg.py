@@ -73,7 +73,9 @@ class DenseSet:
     """Studies in memory: canonical HU (full grid) and targets at half resolution.
 
     ``dense`` marks the studies with voxel targets; the others have zeros there and only
-    their study-level ``presence`` (N, T, L) counts.
+    their study-level ``presence`` (N, T, L) counts.  ``nodules`` is the nodule detector's
+    evidence per study (:class:`~medsearch.models.nodule_detector.NoduleEvidence`), when the model
+    being trained has a detector: the later stages then see the tower as it encodes.
     """
 
     hu: np.ndarray        # int16 (N, Z, Y, X)
@@ -84,6 +86,7 @@ class DenseSet:
     presence: np.ndarray  # float32 (N, T, L)
     dense: np.ndarray     # bool (N,)
     meta: list[dict]
+    nodules: list | None = None
 
     def __len__(self) -> int:
         return len(self.hu)
@@ -91,7 +94,8 @@ class DenseSet:
     def subset(self, idx) -> "DenseSet":
         idx = np.asarray(idx)
         return DenseSet(self.hu[idx], self.region[idx], self.types[idx], self.density[idx], self.logsize[idx],
-                        self.presence[idx], self.dense[idx], [self.meta[i] for i in idx])
+                        self.presence[idx], self.dense[idx], [self.meta[i] for i in idx],
+                        None if self.nodules is None else [self.nodules[i] for i in idx])
 
 
 def half(arr: np.ndarray, how: str) -> np.ndarray:

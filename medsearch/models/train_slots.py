@@ -220,12 +220,15 @@ def train_clause_head(model, text_cache, cfg: SlotTrainConfig, progress: bool = 
 def image_attributes(model, data: DenseSet, device, batch: int = 8, progress: bool = False,
                      with_spatial: bool = False):
     """Attribute vectors (N, FULL_ATTR_DIM) of the studies, un-augmented; with ``with_spatial`` also their
-    stored-layout spatial maps (N, C, X, Y, Z) float16 (one pass serves stages 3 and 4)."""
+    stored-layout spatial maps (N, C, X, Y, Z) float16 (one pass serves stages 3 and 4).  Where ``data``
+    carries the nodule detector's evidence, the nodule slots and channel are the detector's, as when
+    the encoder encodes a volume."""
     model.eval()
     out, maps = [], []
     for i in tqdm(range(0, len(data), batch), desc="image attributes", disable=not progress):
         idx = list(range(i, min(i + batch, len(data))))
-        enc = model.encode_image(make_batch(data, idx, random.Random(0), augment=False)["x"].to(device))
+        x = make_batch(data, idx, random.Random(0), augment=False)["x"].to(device)
+        enc = model.encode_image(x, [data.nodules[j] for j in idx] if data.nodules is not None else None)
         out.append(enc["attributes"].cpu())
         if with_spatial:
             # (B, C, z, y, x) -> (B, C, X, Y, Z), the layout the encoder stores and the search reranks
@@ -411,15 +414,20 @@ def dense_from_studies(studies) -> DenseSet:
     meta = [{"findings": s.findings, "report_en": s.report_en, "report_zh": s.report_zh, "key": s.key}
             for s in studies]
     presence = np.stack([attribute_targets(s.findings)["presence"].numpy() for s in studies])
+    nodules = [s.nodules for s in studies] if any(s.nodules is not None for s in studies) else None
     return DenseSet(hu, zeros(np.uint8), zeros(np.int16), zeros(np.uint8, NO_DENSITY), zeros(np.float16),
-                    presence, np.zeros(n, bool), meta)
+                    presence, np.zeros(n, bool), meta, nodules)
 
 
 def concat(sets: list[DenseSet]) -> DenseSet:
     sets = [s for s in sets if len(s)]
+    # a study without evidence (a hospital study: the detector reads synthetic archives only) keeps the
+    # U-Net's nodule slots, as SlotModel.encode_image does for a None entry
+    nodules = [e for s in sets for e in (s.nodules or [None] * len(s))] \
+        if any(s.nodules is not None for s in sets) else None
     return DenseSet(*(np.concatenate([getattr(s, k) for s in sets]) for k in
                       ("hu", "region", "types", "density", "logsize", "presence", "dense")),
-                    [m for s in sets for m in s.meta])
+                    [m for s in sets for m in s.meta], nodules)
 
 
 def save_slot_model(model, out: Path, meta: dict, grid: str = "coarse") -> None:
@@ -508,7 +516,13 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
     from medsearch.models.slot_model import DEFAULT_GRID, DETAIL_WIDTH, SEG_GRIDS, SlotModel
     from medsearch.models.train_seg import load_dense
 
+    from medsearch.models.dense_data import dense_evidence
+    from medsearch.models.nodule_detector import NoduleDetector
+
     check_seed_disjoint(synth_seeds)
+    # the --init model's nodule detector is carried into the new model (_carry_nodule_detector); stages 3
+    # and 4 then learn on the slots and maps the encoder will produce, the detector's included
+    detector = NoduleDetector.load(Path(init)) if init else None
     grid = grid or DEFAULT_GRID
     if grid not in SEG_GRIDS:
         raise ConfigError(f"Unknown canonical grid {grid!r}.", f"Use one of: {', '.join(SEG_GRIDS)}.")
@@ -521,6 +535,9 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
         paths = build_dense_cache(out / "cache", s, synth_studies, g.spacing_mm, g.shape,
                                   workers=workers, progress=progress)
         sets.append(load_dense(paths))
+        if detector is not None:
+            sets[-1].nodules = dense_evidence(out / "cache", detector, s, synth_studies, g.spacing_mm, g.shape,
+                                              workers=workers, progress=progress)
         if sets[-1].hu.shape[1:] != g.shape:
             raise ConfigError(f"The dense cache in '{out / 'cache'}' holds volumes of grid {sets[-1].hu.shape[1:]}, "
                               f"not of the {grid!r} grid {g.shape}.",
@@ -528,7 +545,7 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
         keys += [_study_key(synth_study_uid(s, i)) for i in range(synth_studies)]
     for archive in archives or []:
         studies = load_archive(archive, reports, cache_dir=out / "cache", progress=progress,
-                               spacing_mm=g.spacing_mm, shape=g.shape)
+                               spacing_mm=g.spacing_mm, shape=g.shape, detector=detector, workers=workers)
         sets.append(dense_from_studies(studies))
         keys += [s.key for s in studies]
     data = concat(sets) if sets else None

@@ -96,6 +96,11 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     assert again["image"]["steps"] == 0 and again["image"]["loss"] is None
     assert (tmp_path / "r" / NODULE_FILE).read_bytes() == (tmp_path / "m" / NODULE_FILE).read_bytes()
     assert registry.Encoder(tmp_path / "r").nodule_detector.offset == -2.0
+    # stages 3 and 4 saw the detector's evidence on the training studies, cached per detector and study
+    from medsearch.models.data import detector_digest
+
+    evidence = tmp_path / "r" / "cache" / f"nodules-{detector_digest(NoduleDetector.load(tmp_path / 'm'))}"
+    assert len(list(evidence.glob("dense-1003-*.npz"))) == 6
     config = registry.Encoder(tmp_path / "r").config
     assert config["nodule_detector"] == {"steps": 3, "carried_from": "m"}
     assert [r["image"]["steps"] for r in config["lineage"]] == [2] and config["lineage"][0]["grid"] == "fine"
@@ -104,6 +109,33 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     kept = registry.Encoder(tmp_path / "r").model.image.state_dict()
     assert all(torch.equal(kept[k], v) for k, v in enc.model.image.state_dict().items()
                if not k.startswith("presence_"))
+
+
+def test_image_attributes_take_the_nodule_slots_from_the_evidence_the_set_carries(tiny_set):
+    from dataclasses import replace
+
+    from medsearch.models.nodule_detector import NoduleEvidence
+    from medsearch.models.slot_model import SlotModel
+    from medsearch.models.train_slots import concat, image_attributes
+
+    torch.manual_seed(0)
+    model = SlotModel()
+    t = vocab.FINDING_TYPES.index("nodule")
+    centre = np.array([[s // 4 for s in tiny_set.hu.shape[1:]]], float)
+    sure = NoduleEvidence(centre, np.array([0.99], np.float32), np.log(np.array([8.0], np.float32)),
+                          np.eye(len(vocab.DENSITIES), dtype=np.float32)[:1])
+    two = tiny_set.subset([0, 1])
+    bare = image_attributes(model, two, "cpu")
+    with_ev = image_attributes(model, replace(two, nodules=[sure, NoduleEvidence.empty()]), "cpu")
+    # no detection: no nodule; a sure one: its lobes' noisy-OR (an untrained tower spreads the lobes thinly)
+    assert float(with_ev[1, t]) == 0.0 and float(with_ev[0, t]) > 0.1
+    assert float(with_ev[0, t]) != pytest.approx(float(bare[0, t]))
+    assert torch.equal(with_ev[:, :t], bare[:, :t])  # the other types are the U-Net's
+    # a set without evidence joined to one with it: its studies keep the U-Net's slots
+    both = concat([replace(two, nodules=[sure, sure]), tiny_set.subset([2])])
+    assert both.nodules[2] is None
+    alone = image_attributes(model, tiny_set.subset([2]), "cpu")[0]
+    assert torch.allclose(image_attributes(model, both, "cpu")[2], alone)
 
 
 def test_warm_start_loads_matching_weights_and_keeps_new_parts_fresh(tmp_path):
