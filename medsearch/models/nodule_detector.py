@@ -74,6 +74,9 @@ class NoduleEvidence:
             boxes), or None.
         lungs: the lung mask the detector computed, which the key slices of the other findings reuse
             (:mod:`medsearch.models.slot_locations`); None when loaded from a cache.
+        weak: the candidates below :data:`MIN_PROBABILITY`, in the same form, or None.  They never
+            count as nodules; they only place the key slice of a nodule slot the detector left empty
+            (a query for a nodule in a lobe where it found none: its most nodule-like blob).
     """
 
     cells: np.ndarray
@@ -82,6 +85,7 @@ class NoduleEvidence:
     density: np.ndarray
     native: np.ndarray | None = None
     lungs: LungGrid | None = None
+    weak: "NoduleEvidence | None" = None
 
     @classmethod
     def empty(cls) -> "NoduleEvidence":
@@ -174,11 +178,13 @@ class NoduleDetector:
         whose affine (voxel (x, y, z) -> RAS mm) is ``canon_affine``."""
         det = self.detect(vol.hu, vol.spacing)
         keep = det.probability >= MIN_PROBABILITY
-        if not keep.any():
-            return replace(NoduleEvidence.empty(), lungs=det.lungs)
-        return NoduleEvidence(native_to_half(det.index[keep], vol.affine, canon_affine),
-                              det.probability[keep], np.log(np.maximum(det.diameter_mm[keep], 1.0)),
-                              det.density[keep], det.index[keep], det.lungs)
+
+        def part(sel: np.ndarray) -> NoduleEvidence:
+            return NoduleEvidence(native_to_half(det.index[sel], vol.affine, canon_affine).reshape(-1, 3),
+                                  det.probability[sel], np.log(np.maximum(det.diameter_mm[sel], 1.0)),
+                                  det.density[sel], det.index[sel].reshape(-1, 3))
+
+        return replace(part(keep), lungs=det.lungs, weak=part(~keep))
 
 
 def scan_lungs(hu: np.ndarray, spacing) -> LungGrid:

@@ -14,7 +14,8 @@ slot from the half-resolution maps (13 mm cells), and refines it on the scan's o
   that removes the vessels (a vessel is a few millimetres across; a collapsed or consolidated
   area is centimetres);
 - nodule slots take the surest detection of the nodule detector in the lobe, which knows its
-  slice.
+  slice; where it found none in the lobe, its most nodule-like candidate there (below the
+  detector's threshold: it places the slot but never counts as a nodule).
 
 The locations are stored beside the spatial map (:mod:`medsearch.models.spatial_store`) and
 read by the search pipeline (:func:`best_location`).  On the benchmark's archive the key slice of
@@ -120,24 +121,29 @@ def slot_locations(maps: torch.Tensor, canon_affine: np.ndarray, native_affine: 
     z0, z1 = half_to_native(np.array([[0.0, 0, 0], [1.0, 0, 0]]), canon_affine, native_affine)[:, 2]
     half = max(1, int(np.ceil(abs(z1 - z0))))   # native slices per cell of the maps
     nodule = vocab.FINDING_TYPES.index("nodule")
-    det_lobes = _detection_lobes(evidence, region) \
-        if evidence is not None and evidence.native is not None and len(evidence) else None
+    detected = [(ev, _detection_lobes(ev, region)) for ev in (evidence, getattr(evidence, "weak", None))
+                if ev is not None and ev.native is not None and len(ev)]
     every = types[:, None] * region[None]                                # (T, L, z, y, x)
     flat = every.reshape(nt, n_l, -1)
     argmax = flat.argmax(axis=-1)
     out[:, :, 0] = np.take_along_axis(flat, argmax[..., None], axis=-1)[..., 0]
     for t, ftype in enumerate(vocab.FINDING_TYPES):
         for lobe in range(n_l):
+            if t == nodule and detected:
+                # the surest detection in the lobe; where there is none, its most nodule-like candidate
+                # (the peak stays the painted channel's, near zero, so any real finding outranks it)
+                for ev, lobes in detected:
+                    mine = np.flatnonzero(lobes == lobe)
+                    if len(mine):
+                        k = int(mine[np.argmax(ev.probability[mine])])
+                        key, box = detection_box(ev, k, native_affine, hu.shape)
+                        out[t, lobe, 1:] = [key, *box]
+                        break
+                continue
             if out[t, lobe, 0] < MIN_PEAK:
                 continue
             w = every[t, lobe]
             peak = np.unravel_index(int(argmax[t, lobe]), w.shape)
-            if t == nodule and det_lobes is not None and (det_lobes == lobe).any():
-                mine = np.flatnonzero(det_lobes == lobe)
-                k = int(mine[np.argmax(evidence.probability[mine])])
-                key, box = detection_box(evidence, k, native_affine, hu.shape)
-                out[t, lobe, 1:] = [key, *box]
-                continue
             plane = w[peak[0]]
             labels, _ = ndimage.label(plane >= BOX_FRACTION * plane[peak[1:]])
             yy, xx = np.nonzero(labels == labels[peak[1:]])

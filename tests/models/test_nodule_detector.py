@@ -155,6 +155,27 @@ def test_the_encoder_runs_the_detector_of_its_model_folder(tmp_path):
     assert np.linalg.norm(out.embedding) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.parametrize("offset, strong", [(12.0, True), (-12.0, False)])
+def test_evidence_keeps_the_candidates_below_the_threshold_apart(offset, strong):
+    from medsearch.dicom.volume import HUVolume
+    from medsearch.models.nodule_detector import MIN_PROBABILITY
+    from medsearch.models.preprocess import to_canonical
+    from medsearch.synth.study import generate_study
+
+    torch.manual_seed(0)
+    det = NoduleDetector(NoduleNet(width=4), scale=0.0, offset=offset)   # every candidate at one probability
+    st = generate_study(1101, 0, 128, findings=["nodule"])
+    vol = HUVolume(st.hu, st.spacing, st.affine, "CT")
+    _, affine = to_canonical(vol)
+    ev = det.evidence(vol, affine)
+    n = len(det.detect(st.hu, st.spacing))
+    assert n > 0 and ev.weak is not None and ev.lungs is not None
+    assert (len(ev), len(ev.weak)) == ((n, 0) if strong else (0, n))
+    # the weak candidates never count as nodules, but carry where they are
+    assert (ev.probability >= MIN_PROBABILITY).all() and (ev.weak.probability < MIN_PROBABILITY).all()
+    assert ev.weak.native.shape == (len(ev.weak), 3) and ev.weak.cells.shape == (len(ev.weak), 3)
+
+
 def test_load_archive_carries_the_detectors_evidence_and_caches_it(tmp_path):
     from medsearch.models.data import load_archive
     from medsearch.synth import generate_archive

@@ -111,6 +111,36 @@ def test_a_nodule_slot_takes_the_surest_detection_in_its_lobe():
     assert key == 11 and x0 <= 9 <= x1 and y0 <= 9 <= y1 and x1 - x0 <= 8
 
 
+def _evidence(cells, probability, native) -> NoduleEvidence:
+    n = len(probability)
+    return NoduleEvidence(np.asarray(cells, float), np.asarray(probability, np.float32),
+                          np.log(np.full(n, 8.0, np.float32)), np.zeros((n, len(vocab.DENSITIES)), np.float32),
+                          np.asarray(native, float))
+
+
+def test_a_nodule_slot_without_a_detection_takes_its_lobes_most_nodule_like_candidate():
+    nodule = vocab.FINDING_TYPES.index("nodule")
+    maps = _maps()
+    # two weak candidates in the left lower lobe (every cell of the maps is LLL): the surer one places it
+    weak = _evidence([[1.0, 2, 2], [4.0, 7, 7]], [0.004, 0.015], [[11.0, 9, 9], [35.0, 30, 30]])
+    ev = NoduleEvidence.empty()
+    ev.native, ev.weak = np.zeros((0, 3)), weak
+    loc = slot_locations(maps, CANON, NATIVE, _chest(), SPACING, evidence=ev)
+    assert int(loc[nodule, LLL, 1]) == 35
+    # the peak stays the painted channel's (near zero): a located finding of another type outranks it
+    assert loc[nodule, LLL, 0] < 0.01
+    assert best_location(loc, [(nodule, np.eye(L)[LLL]), (ATELECTASIS, np.eye(L)[LLL])])[0] != 35
+    assert best_location(loc, [(nodule, np.eye(L)[LLL])])[0] == 35
+    # a real detection in the lobe wins over any weak candidate
+    strong = _evidence([[1.0, 2, 2]], [0.3], [[11.0, 9, 9]])
+    strong.weak = weak
+    loc = slot_locations(maps, CANON, NATIVE, _chest(), SPACING, evidence=strong)
+    assert int(loc[nodule, LLL, 1]) == 11
+    # without any candidate the slot stays unlocated (no location is invented)
+    loc = slot_locations(maps, CANON, NATIVE, _chest(), SPACING, evidence=NoduleEvidence.empty())
+    assert int(loc[nodule, LLL, 1]) == -1
+
+
 def test_best_location_follows_the_peak_within_the_named_lobes():
     loc = np.zeros((T, L, 6), np.float32)
     loc[:, :, 1] = -1
