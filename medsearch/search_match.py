@@ -36,6 +36,12 @@ NEGATION_THRESHOLD = 0.5
 REPORT_FINDINGS = 4
 #: ... where only a prediction at or above this probability excludes.
 NEGATION_EXCLUDE = 0.9
+#: Attribute weight of a report-length query (``REPORT_FINDINGS`` findings or more).  The ``ctseg``
+#: embedding is itself the projection of the tower's per-(type, lobe) attribute slots, so a report's
+#: findings are already in the global similarity; matching them again against the thresholded
+#: findings lost reports (R@10 0.800 against the dual tower's 0.839 over three benchmark archives;
+#: 0.836 at this weight; docs/index-and-search.md, "Report queries").
+REPORT_ATTRIBUTE_WEIGHT = 0.1
 #: Relative tolerance on size bounds: predictions are size *bins*, and reports round.
 SIZE_TOLERANCE = 0.15
 #: Credit for a query site finer than the predicted one (a segment inside the predicted lobe).
@@ -116,7 +122,10 @@ def weights(parsed: dict, have_region: bool = True) -> dict[str, float]:
     * no recognised finding (free text): the global embedding (and region) only;
     * one bare concept ("nodule"): mostly global, a little attribute evidence;
     * each further attribute moves weight from the global embedding to attribute
-      matching, up to 0.6; region matching (the cross-attention reranker) holds 0.25.
+      matching, up to 0.6; region matching (the cross-attention reranker) holds 0.25;
+    * a report-length query (``REPORT_FINDINGS`` findings or more, negated ones included) gives
+      attribute matching only :data:`REPORT_ATTRIBUTE_WEIGHT`: its many findings are what the
+      global embedding already encodes, one slot each.
 
     Returns:
         {"global", "region", "attributes"} summing to 1 (region 0 when ``have_region`` is False).
@@ -126,7 +135,7 @@ def weights(parsed: dict, have_region: bool = True) -> dict[str, float]:
         w = {"global": 0.8, "region": 0.2, "attributes": 0.0}
     else:
         c = complexity(parsed)
-        attrs = min(0.6, 0.2 + 0.15 * c)
+        attrs = min(0.6, 0.2 + 0.15 * c) if len(pos) + len(neg) < REPORT_FINDINGS else REPORT_ATTRIBUTE_WEIGHT
         region = 0.2 if c == 0 else 0.25
         w = {"global": 1.0 - attrs - region, "region": region, "attributes": attrs}
     if not have_region:

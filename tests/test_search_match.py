@@ -156,6 +156,16 @@ def test_weights_adapt_to_complexity():
     assert rich["global"] < one["global"] < free["global"]
 
 
+def test_a_report_length_query_leans_on_the_global_embedding():
+    three = q(qf("nodule", "left lower lobe"), qf("mass", "right upper lobe"), qf("pneumothorax", negated=True))
+    report = q(qf("nodule", "left lower lobe"), qf("mass", "right upper lobe"), qf("pneumothorax", negated=True),
+               qf("pleural effusion", negated=True))
+    below, at = sm.weights(three), sm.weights(report)
+    assert sum(at.values()) == pytest.approx(1.0)
+    assert below["attributes"] > below["global"]                   # still a many-attribute query
+    assert at["attributes"] == sm.REPORT_ATTRIBUTE_WEIGHT < at["global"] and at["region"] == below["region"]
+
+
 def test_weights_without_region_move_to_global():
     w = sm.weights(q(qf("nodule", "left lower lobe")), have_region=False)
     assert w["region"] == 0.0 and sum(w.values()) == pytest.approx(1.0)
