@@ -40,6 +40,7 @@ BENCHES = {
     "model_compare": lambda q: ["--batch-size", "2"] if q else [],
     "index": lambda q: ["--quick"] if q else [],
     "search": lambda q: ["--series", "10000", "--studies", "12", "--skip-quality"] if q else [],
+    "localisation": lambda q: ["--seeds", "70001", "--studies", "12"] if q else [],
     "scp": lambda q: ["--instances", "50", "--matrix", "256", "--repeats", "3"] if q else [],
     "web": lambda q: [],
 }
