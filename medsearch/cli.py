@@ -296,8 +296,12 @@ def terms_import_radlex(ctx, csv_file, out, depth, as_json):
               help="ctseg: steps of the focal head for nodules (stage 1c: whole volumes, the rest of the tower "
                    "frozen; kept only if it beats the U-Net on validation). Default 0: none trained, and a focal "
                    "head the --init model has is kept as it is.")
+@click.option("--image-only", is_flag=True,
+              help="ctseg: train the image tower (stage 1) only and stop, e.g. on a GPU machine without the text "
+                   "model; then 'medsearch train --init OUT --steps 0' refits the later stages. The model is "
+                   "refused for encoding until then.")
 def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, synth_studies, workers, init_dir,
-          detail_width, grid, focal_steps):
+          detail_width, grid, focal_steps, image_only):
     """Train the image and text towers (ctseg: voxel targets, clause head, InfoNCE projection)."""
     if arch == "ctseg":
         from medsearch.models.train_seg import SegConfig
@@ -306,14 +310,23 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
         if steps == 0 and not init_dir:
             raise ConfigError("--steps 0 keeps the image tower as it is, but there is no trained tower to keep.",
                               "Pass --init MODEL_DIR with --steps 0, or train the tower with --steps N.")
+        if steps == 0 and image_only:
+            raise ConfigError("--image-only with --steps 0 would train nothing.",
+                              "Drop --image-only to refit the later stages, or train the tower with --steps N.")
         seg = SegConfig(steps=900 if steps is None else steps, batch_size=batch_size or 6, seed=seed,
                         **({"lr": 1e-3, "warmup": 10} if init_dir else {}))
         from medsearch.models.train_focal import FocalConfig
 
         focal = FocalConfig(seed=seed, **({} if focal_steps is None else {"steps": focal_steps}))
         summary = train_ctseg(out, list(synth_seeds), synth_studies, list(archive), reports,
-                              SlotTrainConfig(seg=seg, focal=focal, seed=seed), workers=workers, init=init_dir,
-                              detail_width=detail_width, grid=grid)
+                              SlotTrainConfig(seg=seg, focal=focal, seed=seed, image_only=image_only),
+                              workers=workers, init=init_dir, detail_width=detail_width, grid=grid)
+        if image_only:
+            click.echo(f"trained the ctseg image tower in {summary['seconds']:.0f} s: {summary['image']['steps']} "
+                       f"steps, validation slot F1 {summary['image'].get('slot_f1', float('nan')):.3f}; written to "
+                       f"{out}. Refit the later stages before use: medsearch train --init {out} --steps 0 "
+                       "--synth-seed S --synth-studies N --out NEW_DIR")
+            return
         proj = summary["projection"]
         chosen = proj["tuned"] if proj["kept"] else proj["identity"]
         image = (f"image tower {summary['image']['steps']} steps, validation slot F1 "
@@ -331,8 +344,9 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                    f"{chosen.get('R@10', float('nan')):.3f}, phrase nDCG@10 {chosen.get('nDCG@10', float('nan')):.3f}"
                    f" (projection {'tuned' if proj['kept'] else 'identity'}); model written to {out}")
         return
-    if init_dir or detail_width or grid or focal_steps is not None:
-        raise click.UsageError("--init, --detail-width, --grid and --focal-steps apply to --arch ctseg only.")
+    if init_dir or detail_width or grid or focal_steps is not None or image_only:
+        raise click.UsageError("--init, --detail-width, --grid, --focal-steps and --image-only apply to --arch "
+                               "ctseg only.")
     if not archive:
         raise click.UsageError("--archive is required for the ctnet and resnet10 architectures.")
     from medsearch.models.train import TrainConfig, train_archives

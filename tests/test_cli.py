@@ -66,7 +66,15 @@ def test_train_refuses_zero_steps_without_a_tower_to_keep(tmp_path):
     assert not (tmp_path / "m").exists()
 
 
-@pytest.mark.parametrize("option", [["--focal-steps", "10"], ["--grid", "fine"], ["--detail-width", "8"]])
+def test_train_refuses_image_only_with_zero_steps(tmp_path):
+    result = CliRunner().invoke(cli, ["train", "--out", str(tmp_path / "m"), "--steps", "0", "--image-only",
+                                      "--synth-seed", "1003", "--init", "medsearch/models/default"])
+    assert result.exit_code != 0 and "--image-only with --steps 0 would train nothing" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("option", [["--focal-steps", "10"], ["--grid", "fine"], ["--detail-width", "8"],
+                                    ["--image-only"]])
 def test_ctseg_only_options_are_refused_for_the_dual_encoder(tmp_path, option):
     result = CliRunner().invoke(cli, ["train", "--arch", "ctnet", "--archive", str(tmp_path), "--out",
                                       str(tmp_path / "m"), *option])

@@ -62,6 +62,12 @@ class Encoder:
                               "Train one with 'medsearch train --archive DIR --out MODEL_DIR', or clear "
                               "the model_dir setting to use the bundled model.")
         self.config = json.loads((model_dir / CONFIG_FILE).read_text())
+        if self.config.get("image_only"):  # train_slots.IMAGE_ONLY
+            raise ConfigError(f"The model in '{model_dir}' holds a newly trained image tower only (trained with "
+                              "--image-only): its calibration, projection and reranker were fitted to another "
+                              "tower.",
+                              f"Refit them first: 'medsearch train --init {model_dir} --steps 0 --synth-seed S "
+                              "--synth-studies N --out NEW_DIR', and use NEW_DIR.")
         weights = (model_dir / MODEL_FILE).read_bytes()
         self.model_version = f"{self.config['arch']}-{hashlib.sha256(weights).hexdigest()[:12]}" + (
             "-int8" if int8 else "")

@@ -43,6 +43,10 @@ from medsearch.models.train_focal import FocalConfig, train_focal
 from medsearch.models.train_seg import DenseSet, SegConfig, make_batch, train_image
 
 log = logging.getLogger(__name__)
+#: config key of a model whose image tower alone was trained (``--image-only``): its presence calibration,
+#: projection and reranker are the ``--init`` model's, fitted to another tower, so it is not used to encode
+#: until ``medsearch train --init DIR --steps 0`` has refitted them
+IMAGE_ONLY = "image_only"
 
 
 @dataclass
@@ -61,6 +65,9 @@ class SlotTrainConfig:
     calibration_studies: int = 400
     #: epochs of the cross-attention reranker (stage 4; 0: none)
     reranker_epochs: int = 8
+    #: stop after stage 1 (and 1c): the later stages need the text model and run well on a CPU, so a GPU
+    #: machine trains the tower and ``medsearch train --init OUT --steps 0`` refits the rest elsewhere
+    image_only: bool = False
     seed: int = 0
 
 
@@ -381,6 +388,10 @@ def train_slot_model(model, train: DenseSet, val: DenseSet | None, out: Path, cf
     summary: dict = {"image": train_image(model, train, val, out, cfg.seg, device=str(dev), progress=progress)}
     summary["focal"] = train_focal(model, train, val, cfg.focal, device=str(dev), progress=progress)
     model.cpu()
+    if cfg.image_only:
+        summary["seconds"] = round(time.perf_counter() - t0, 1)
+        summary["config"] = asdict(cfg)
+        return summary
     calib = train.subset(range(min(len(train), cfg.calibration_studies)))
     summary["calibration"] = calibrate_presence(model, calib)
     cache = TextCache(torch.device("cpu"))
@@ -535,7 +546,7 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
         paths = build_dense_cache(out / "cache", s, synth_studies, g.spacing_mm, g.shape,
                                   workers=workers, progress=progress)
         sets.append(load_dense(paths))
-        if detector is not None:
+        if detector is not None and not cfg.image_only:
             sets[-1].nodules = dense_evidence(out / "cache", detector, s, synth_studies, g.spacing_mm, g.shape,
                                               workers=workers, progress=progress)
         if sets[-1].hu.shape[1:] != g.shape:
@@ -575,7 +586,7 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
         "summary": {k: v for k, v in summary.items() if k != "config"}, "train": summary["config"],
         "train_studies": len(train), "val_studies": len(val), "train_seeds": list(synth_seeds),
         "train_archives": [Path(a).name for a in archives or []], "train_study_keys": sorted(set(keys)),
-        **({"lineage": lineage} if lineage else {})},
+        **({"lineage": lineage} if lineage else {}), **({IMAGE_ONLY: True} if cfg.image_only else {})},
         grid=grid)
     if init:
         _carry_nodule_detector(Path(init), out)

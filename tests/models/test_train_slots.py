@@ -111,6 +111,55 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
                if not k.startswith("presence_"))
 
 
+@pytest.mark.parametrize("augment", [True, False])
+def test_batches_assembled_on_the_device_are_those_of_make_batch(tiny_set, augment):
+    import random
+
+    from medsearch.models.train_seg import DeviceBatches, make_batch
+
+    idx = [4, 0, 4, 2]
+    ref, rng = random.Random(7), random.Random(7)
+    want = make_batch(tiny_set, idx, ref, augment=augment)
+    got = DeviceBatches(tiny_set, torch.device("cpu")).batch(idx, rng, augment=augment)
+    assert rng.getstate() == ref.getstate()  # the same draws, so training goes on with the same sequence
+    assert got.keys() == want.keys()
+    for key in want:
+        assert got[key].dtype == want[key].dtype and got[key].shape == want[key].shape, key
+        if key == "x":
+            assert torch.allclose(got[key], want[key], atol=1e-6)
+        else:
+            assert torch.equal(got[key], want[key]), key
+
+
+def test_image_only_training_writes_a_tower_that_must_be_refitted_before_use(tmp_path):
+    from medsearch.errors import ConfigError
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+    from medsearch.models.nodule_net import NoduleNet
+
+    cfg = SlotTrainConfig(seg=SegConfig(steps=2, batch_size=2, warmup=1, eval_every=2), clause_examples=300,
+                          clause_steps=30, proj_steps=3, proj_batch=4, reranker_epochs=0)
+    first = train_ctseg(tmp_path / "m", [1003], 6, cfg=cfg, progress=False, workers=1)
+    NoduleDetector(NoduleNet(width=4), 1.0, -2.0, {"steps": 3}).save(tmp_path / "m" / NODULE_FILE)
+    tower = train_ctseg(tmp_path / "g", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "image_only": True}),
+                        progress=False, workers=1, init=tmp_path / "m")
+    assert tower["image"]["steps"] == 2 and "clause" not in tower and "projection" not in tower
+    # the detector's evidence serves the later stages only, so a tower-only run does not compute it
+    assert not list((tmp_path / "g" / "cache").glob("nodules-*"))
+    config = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert config["image_only"] is True and (tmp_path / "g" / NODULE_FILE).exists()
+    with pytest.raises(ConfigError, match="image tower only.*--init .*--steps 0"):
+        registry.Encoder(tmp_path / "g")
+    refit = train_ctseg(tmp_path / "r", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "seg": SegConfig(
+        steps=0, batch_size=2)}), progress=False, workers=1, init=tmp_path / "g")
+    assert refit["image"]["steps"] == 0 and "projection" in refit
+    enc = registry.Encoder(tmp_path / "r")
+    assert "image_only" not in enc.config and [r["image"]["steps"] for r in enc.config["lineage"]] == [2, 2]
+    trained = registry.Encoder(tmp_path / "m").model.image.state_dict()
+    kept = enc.model.image.state_dict()
+    assert not all(torch.equal(trained[k], kept[k]) for k in trained)  # the tower-only run trained it
+    assert first["image"]["steps"] == 2
+
+
 def test_image_attributes_take_the_nodule_slots_from_the_evidence_the_set_carries(tiny_set):
     from dataclasses import replace
 
