@@ -84,6 +84,20 @@ class LungGrid:
         return self.mask[np.ix_(*idx)]
 
 
+def bounding_box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): the smallest box ``mask[lo[0]:hi[0], ...]`` holding every True voxel of a non-empty mask.
+
+    From each axis's projection, which reads the mask once; ``np.argwhere`` would list every voxel
+    (about 2 ms per call on a 75 x 128 x 128 scan, and the detector needs four boxes).
+    """
+    lo, hi = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        lo.append(hit[0])
+        hi.append(hit[-1] + 1)
+    return np.asarray(lo), np.asarray(hi)
+
+
 def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float], close_mm: float = 8.0) -> np.ndarray:
     """Bool (z, y, x): the lungs, with the vessels, nodules and masses inside them.
 
@@ -117,7 +131,7 @@ def lung_mask(hu: np.ndarray, spacing: tuple[float, float, float], close_mm: flo
     # a box closing (separable, so a tenth of a ball's cost) within the lungs' bounding box, padded so
     # that the box never meets the array's edge
     size = tuple(int(n) for n in np.maximum(np.round(close_mm / sp).astype(int) * 2 + 1, 3))
-    lo, hi = np.argwhere(lungs).min(axis=0), np.argwhere(lungs).max(axis=0) + 1
+    lo, hi = bounding_box(lungs)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     sub = np.pad(lungs[box], [(n, n) for n in size]).view(np.uint8)
     sub = ndimage.minimum_filter(ndimage.maximum_filter(sub, size=size), size=size).astype(bool)
@@ -146,8 +160,8 @@ def blob_response(hu: np.ndarray, spacing: tuple[float, float, float], mask: np.
     if not mask.any():
         return response, scale
     margin = np.ceil(3.0 * max(scales_mm) / sp).astype(int) + 1
-    lo = np.maximum(np.argwhere(mask).min(axis=0) - margin, 0)
-    hi = np.minimum(np.argwhere(mask).max(axis=0) + margin + 1, hu.shape)
+    lo, hi = bounding_box(mask)
+    lo, hi = np.maximum(lo - margin, 0), np.minimum(hi + margin, hu.shape)
     box = tuple(slice(a, b) for a, b in zip(lo, hi))
     v = np.clip(hu[box], -1000.0, 400.0).astype(np.float32)
     idx = np.nonzero(mask[box])
@@ -258,14 +272,17 @@ def extract_patches(hu: np.ndarray, spacing: tuple[float, float, float], index: 
     sp = np.asarray(spacing, float)
     offsets = (np.arange(cells) - (cells - 1) / 2.0) * cell_mm
     grid = np.stack(np.meshgrid(offsets, offsets, offsets, indexing="ij"), axis=0)   # (3, c, c, c) mm
-    out = np.empty((len(index), 1, cells, cells, cells), np.float32)
     lo, hi = PATCH_HU
-    for n, centre in enumerate(np.asarray(index, float)):
-        coords = centre[:, None, None, None] + grid / sp[:, None, None, None]
-        vals = ndimage.map_coordinates(hu, coords.reshape(3, -1), order=1, mode="nearest")
-        out[n, 0] = ((np.clip(vals, lo, hi) - lo) / (hi - lo) * 2 - 1).reshape(cells, cells, cells)
-    return out
+    if not len(index):
+        return np.empty((0, 1, cells, cells, cells), np.float32)
+    # every patch's points in one interpolation call: each point is interpolated on its own, so the values
+    # are those of one call per patch, without 48 calls' overhead
+    centres = np.asarray(index, float).reshape(-1, 3)
+    coords = centres.T[:, :, None, None, None] + (grid / sp[:, None, None, None])[:, None]   # (3, N, c, c, c)
+    vals = ndimage.map_coordinates(hu, coords.reshape(3, -1), order=1, mode="nearest")
+    scaled = (np.clip(vals, lo, hi) - lo) / (hi - lo) * 2 - 1
+    return scaled.reshape(len(centres), 1, cells, cells, cells).astype(np.float32)
 
 
 __all__ = ["Candidates", "LungGrid", "MAX_CANDIDATES", "PATCH_CELLS", "PATCH_MM", "SCALES_MM", "blob_response",
-           "extract_patches", "find_candidates", "lung_mask"]
+           "bounding_box", "extract_patches", "find_candidates", "lung_mask"]

@@ -176,15 +176,21 @@ class NoduleDetector:
     def evidence(self, vol, canon_affine: np.ndarray) -> NoduleEvidence:
         """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
         whose affine (voxel (x, y, z) -> RAS mm) is ``canon_affine``."""
-        det = self.detect(vol.hu, vol.spacing)
-        keep = det.probability >= MIN_PROBABILITY
+        return as_evidence(self.detect(vol.hu, vol.spacing), vol.affine, canon_affine)
 
-        def part(sel: np.ndarray) -> NoduleEvidence:
-            return NoduleEvidence(native_to_half(det.index[sel], vol.affine, canon_affine).reshape(-1, 3),
-                                  det.probability[sel], np.log(np.maximum(det.diameter_mm[sel], 1.0)),
-                                  det.density[sel], det.index[sel].reshape(-1, 3))
 
-        return replace(part(keep), lungs=det.lungs, weak=part(~keep))
+def as_evidence(det: Detections, native_affine: np.ndarray, canon_affine: np.ndarray) -> NoduleEvidence:
+    """:meth:`NoduleDetector.evidence` from detections already made on the scan whose affine is
+    ``native_affine``: the encoder detects before it knows the canonical grid, so that the detector
+    overlaps the resampling as well as the U-Net."""
+    keep = det.probability >= MIN_PROBABILITY
+
+    def part(sel: np.ndarray) -> NoduleEvidence:
+        return NoduleEvidence(native_to_half(det.index[sel], native_affine, canon_affine).reshape(-1, 3),
+                              det.probability[sel], np.log(np.maximum(det.diameter_mm[sel], 1.0)),
+                              det.density[sel], det.index[sel].reshape(-1, 3))
+
+    return replace(part(keep), lungs=det.lungs, weak=part(~keep))
 
 
 def scan_lungs(hu: np.ndarray, spacing) -> LungGrid:
@@ -283,5 +289,5 @@ def paint(maps: torch.Tensor, ev: NoduleEvidence, channel: int, density_at: int,
     return out
 
 
-__all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "located",
-           "native_to_half", "nodule_slots", "paint"]
+__all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "as_evidence",
+           "located", "native_to_half", "nodule_slots", "paint"]

@@ -138,15 +138,24 @@ class Encoder:
 
             raise InputError(f"A volume of shape {tuple(vol.hu.shape)} cannot be encoded.",
                              "Encode a 3-D series with at least 2 slices.")
-        canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
-        x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
         evidence = None
         if self.nodule_detector is not None:
-            # the detector (numpy/scipy and a small network) runs beside the U-Net's forward pass: on two
-            # cores this saves about a sixth of the volume's encoding time (docs/model.md, "Speed")
-            pending = self._detect_pool().submit(self.nodule_detector.evidence, vol, affine)
-            out = self.model.encode_image(x, lambda: [pending.result()])
-            evidence = pending.result()
+            # the detector (numpy/scipy and a small network) works on the scan's own grid, so it starts
+            # before the resampling and runs beside it and the U-Net's forward pass (docs/model.md, "Speed")
+            pending = self._detect_pool().submit(self.nodule_detector.detect, vol.hu, vol.spacing)
+        canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
+        x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
+        if self.nodule_detector is not None:
+            from medsearch.models.nodule_detector import as_evidence
+
+            found: list = []
+
+            def evidence_after_forward() -> list:
+                found.append(as_evidence(pending.result(), vol.affine, affine))
+                return found
+
+            out = self.model.encode_image(x, evidence_after_forward)
+            evidence = found[0]
         else:
             out = self.model.encode_image(x)
         z, y, x_ = canon.shape

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsearch.models.candidates import (MAX_CANDIDATES, PATCH_CELLS, blob_response, extract_patches,
+from medsearch.models.candidates import (MAX_CANDIDATES, PATCH_CELLS, blob_response, bounding_box, extract_patches,
                                          find_candidates, lung_mask)
 
 SPACING = (2.5, 2.0, 2.0)
@@ -83,3 +83,26 @@ def test_patches_are_isotropic_cubes_centred_on_the_candidate(chest):
     c = PATCH_CELLS // 2
     assert patches[0, 0, c, c, c] > patches[0, 0, 0, 0, 0]             # tissue at the centre, lung at the corner
     assert extract_patches(hu, SPACING, np.zeros((0, 3), int)).shape == (0, 1, PATCH_CELLS, PATCH_CELLS, PATCH_CELLS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_patches_of_many_candidates_are_each_candidates_own(chest, dtype):
+    hu, _ = chest
+    hu = hu.astype(dtype)
+    index = np.array([[0, 0, 0], [10, 40, 30], [24, 48, 48], [47, 95, 95], [10, 40, 30]])
+    together = extract_patches(hu, SPACING, index)
+    alone = np.concatenate([extract_patches(hu, SPACING, i[None]) for i in index])
+    assert together.dtype == np.float32 and np.array_equal(together, alone)
+    assert not np.array_equal(together[1], together[2])
+
+
+@pytest.mark.parametrize("voxels", [[(0, 0, 0)], [(4, 5, 6)], [(1, 2, 3), (6, 0, 9)], [(7, 8, 9), (0, 8, 0)]])
+def test_bounding_box_is_the_box_of_the_true_voxels(voxels):
+    mask = np.zeros((8, 9, 10), bool)
+    for v in voxels:
+        mask[v] = True
+    lo, hi = bounding_box(mask)
+    where = np.argwhere(mask)
+    assert lo.tolist() == where.min(axis=0).tolist()
+    assert hi.tolist() == (where.max(axis=0) + 1).tolist()
+    assert mask[tuple(slice(a, b) for a, b in zip(lo, hi))].sum() == mask.sum()
