@@ -369,7 +369,9 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
               help="Optimisation steps of the patch classifier.")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
 @click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
-def train_nodules(model_dir, synth_seed, studies, steps, seed, workers):
+@click.option("--candidates", default=48, show_default=True, type=click.IntRange(min=8, max=512),
+              help="Most candidates scored per scan: more reach faint and small nodules, at a cost per volume.")
+def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidates):
     """Train the nodule detector of a ctseg model (candidates on the scan's grid + a patch classifier)."""
     import json
 
@@ -388,8 +390,8 @@ def train_nodules(model_dir, synth_seed, studies, steps, seed, workers):
     if config.get("arch") != "ctseg":
         raise ConfigError(f"'{model_dir}' holds a {config.get('arch')!r} model; the nodule detector is part of ctseg.",
                           "Train a ctseg model first ('medsearch train --arch ctseg').")
-    examples = build_examples(synth_seed, studies, workers=workers)
-    detector, summary = train_detector(examples, NoduleTrainConfig(steps=steps, seed=seed))
+    examples = build_examples(synth_seed, studies, workers=workers, max_candidates=candidates)
+    detector, summary = train_detector(examples, NoduleTrainConfig(steps=steps, seed=seed, max_candidates=candidates))
     summary = {**summary, "synth_seed": synth_seed, "studies": studies}
     detector.summary = summary
     detector.save(model_dir / NODULE_FILE)

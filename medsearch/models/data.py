@@ -328,8 +328,14 @@ def detector_digest(detector) -> str:
     retrained detector never reads another's."""
     import hashlib
 
+    from medsearch.models.candidates import MAX_CANDIDATES
+
     return hashlib.sha256(b"".join(v.numpy().tobytes() for v in detector.net.state_dict().values())
-                          + f"{detector.scale},{detector.offset}".encode()).hexdigest()[:12]
+                          + f"{detector.scale},{detector.offset}".encode()
+                          # a detector file from before max_candidates was stored keeps its digest
+                          + (f",{detector.max_candidates}".encode() if detector.max_candidates != MAX_CANDIDATES
+                             else b"")
+                          ).hexdigest()[:12]
 
 
 def _detect_archive(archive, records, cache, cache_dir, detector, spacing_mm, shape, workers, progress) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from medsearch import vocab
-from medsearch.models.candidates import LungGrid, extract_patches, find_candidates, lung_mask
+from medsearch.models.candidates import MAX_CANDIDATES, LungGrid, extract_patches, find_candidates, lung_mask
 from medsearch.models.nodule_net import NoduleNet
 
 #: File of the detector in a model folder.
@@ -115,19 +115,23 @@ class NoduleDetector:
     Args:
         net: the patch classifier (put in eval mode here).
         scale, offset: Platt calibration, ``p = sigmoid(scale * logit + offset)``.
+        max_candidates: the most candidates scored per scan (the calibration was fitted at this number,
+            so it belongs to the detector; files from before it was stored used 48).
     """
 
-    def __init__(self, net: NoduleNet, scale: float = 1.0, offset: float = 0.0, summary: dict | None = None):
+    def __init__(self, net: NoduleNet, scale: float = 1.0, offset: float = 0.0, summary: dict | None = None,
+                 max_candidates: int = MAX_CANDIDATES):
         self.net = net.eval()
         self.scale, self.offset = float(scale), float(offset)
         self.summary = summary or {}
+        self.max_candidates = int(max_candidates)
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path) -> None:
         torch.save({"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                     "config": {"width": self.net.width, "cells": self.net.cells},
                     "calibration": {"scale": self.scale, "offset": self.offset},
-                    "summary": self.summary}, Path(path))
+                    "max_candidates": self.max_candidates, "summary": self.summary}, Path(path))
 
     @classmethod
     def load(cls, model_dir: Path) -> "NoduleDetector | None":
@@ -150,7 +154,8 @@ class NoduleDetector:
                               "Retrain it ('medsearch train-nodules MODEL_DIR') or remove the file to run "
                               "the model without it.") from None
         cal = blob.get("calibration", {})
-        return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"))
+        return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
+                   int(blob.get("max_candidates", MAX_CANDIDATES)))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -168,7 +173,7 @@ class NoduleDetector:
         """Nodules of one scan ``hu`` (z, y, x) with ``spacing`` (dz, dy, dx) mm; indices on its grid."""
         grid, sp, step = _detection_grid(np.asarray(hu), spacing)
         lungs = lung_mask(grid, tuple(sp))
-        cands = find_candidates(grid, tuple(sp), lungs)
+        cands = find_candidates(grid, tuple(sp), lungs, self.max_candidates)
         p, diameter, density = self.score(extract_patches(grid, tuple(sp), cands.index), cands.features())
         index = cands.index * step + (step - 1) / 2.0
         return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step))

@@ -187,18 +187,22 @@ class Encoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Canonical phrases -> float32 (N, D), L2-normalised."""
         if self.config["arch"] == "ctseg":
-            # each clause (one finding) on its own; the text is the sum of its findings
-            from medsearch.models.clauses import split_clauses
-
-            clauses, owner = [], []
-            for i, text in enumerate(texts):
-                for c in split_clauses(text):
-                    clauses.append(c)
-                    owner.append(i)
-            feats = self.minilm(clauses) if clauses else torch.zeros(0, 384)
-            return self.model.encode_clauses(feats, torch.tensor(owner, dtype=torch.long), len(texts)) \
-                .numpy().astype(np.float32)
+            return self.model.project(self.text_attributes(texts)).numpy().astype(np.float32)
         return self.model.encode_text(self.minilm(list(texts))).numpy().astype(np.float32)
+
+    @torch.no_grad()
+    def text_attributes(self, texts: list[str]) -> torch.Tensor:
+        """Canonical phrases -> their ctseg attribute vectors (N, FULL_ATTR_DIM), before the projection."""
+        # each clause (one finding) on its own; the text is the sum of its findings
+        from medsearch.models.clauses import split_clauses
+
+        clauses, owner = [], []
+        for i, text in enumerate(texts):
+            for c in split_clauses(text):
+                clauses.append(c)
+                owner.append(i)
+        feats = self.minilm(clauses) if clauses else torch.zeros(0, 384)
+        return self.model.text_attributes(feats, torch.tensor(owner, dtype=torch.long), len(texts))
 
     def encode_text(self, text: str) -> np.ndarray:
         """A canonical phrase -> float32 (D,), L2-normalised."""

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from medsearch import vocab
+from medsearch.models.candidates import MAX_CANDIDATES
 from medsearch.models.nodule_detector import NoduleDetector
 from medsearch.models.nodule_net import NoduleNet
 
@@ -48,6 +49,8 @@ class NoduleTrainConfig:
     #: weights of the size and density losses (on positives)
     size_weight: float = 0.3
     density_weight: float = 0.3
+    #: candidates per scan (the examples must have been built with the same number)
+    max_candidates: int = MAX_CANDIDATES
 
 
 @dataclass
@@ -72,16 +75,17 @@ class Examples:
                         self.has_nodule[np.asarray(studies)])
 
 
-def study_examples(args: tuple[int, int, bool]) -> dict:
-    """The candidates of synthetic study ``index`` of ``seed`` (with a nodule forced in when asked)."""
+def study_examples(args: tuple[int, int, bool] | tuple[int, int, bool, int]) -> dict:
+    """The candidates of synthetic study ``index`` of ``seed`` (with a nodule forced in when asked), at most
+    ``max_candidates`` (48 when not given)."""
     from scipy import ndimage
 
     from medsearch.models.candidates import extract_patches, find_candidates, lung_mask
     from medsearch.synth.study import generate_study
 
-    seed, index, force = args
+    seed, index, force, max_candidates = (*args, MAX_CANDIDATES)[:4]
     st = generate_study(seed, index, 128, findings=["nodule"] if force else None)
-    cands = find_candidates(st.hu, st.spacing, lung_mask(st.hu, st.spacing))
+    cands = find_candidates(st.hu, st.spacing, lung_mask(st.hu, st.spacing), max_candidates)
     label = np.zeros(len(cands), np.int8)
     logsize = np.zeros(len(cands), np.float32)
     density = np.full(len(cands), -1, np.int64)
@@ -98,9 +102,10 @@ def study_examples(args: tuple[int, int, bool]) -> dict:
             "has_nodule": any(f["type"] == "nodule" for f in st.labels["findings"])}
 
 
-def build_examples(seed: int, studies: int, workers: int = 2, progress: bool = True) -> Examples:
+def build_examples(seed: int, studies: int, workers: int = 2, progress: bool = True,
+                   max_candidates: int = MAX_CANDIDATES) -> Examples:
     """Candidates of ``studies`` synthetic studies of ``seed``; even indices have a nodule forced in."""
-    jobs = [(int(seed), i, i % 2 == 0) for i in range(studies)]
+    jobs = [(int(seed), i, i % 2 == 0, int(max_candidates)) for i in range(studies)]
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             parts = list(tqdm(pool.map(study_examples, jobs, chunksize=2), total=len(jobs), desc="nodule candidates",
@@ -226,7 +231,7 @@ def train_detector(ex: Examples, cfg: NoduleTrainConfig | None = None, device: s
         bar.set_postfix(loss=f"{loss_ema:.3f}")
     logits = _logits(net, val, dev)
     scale, offset = fit_platt(logits, val.label == 1)
-    det = NoduleDetector(net, scale, offset)
+    det = NoduleDetector(net, scale, offset, max_candidates=cfg.max_candidates)
     summary = {"steps": cfg.steps, "train_studies": int(len(train.has_nodule)), "val_studies": int(n_val),
                "train_candidates": int(len(train.label)), "train_positives": int(len(pos)),
                "calibration": {"scale": round(scale, 4), "offset": round(offset, 4)},

@@ -40,6 +40,27 @@ def test_detector_file_round_trip(tmp_path):
     assert NoduleDetector.load(tmp_path / "none") is None
 
 
+def test_the_number_of_candidates_travels_with_the_detector(tmp_path):
+    from medsearch.models.candidates import MAX_CANDIDATES
+    from medsearch.models.data import detector_digest
+    from medsearch.synth.study import generate_study
+
+    torch.manual_seed(0)
+    net = NoduleNet(width=4)
+    NoduleDetector(net, max_candidates=12).save(tmp_path / NODULE_FILE)
+    det = NoduleDetector.load(tmp_path)
+    assert det.max_candidates == 12
+    st = generate_study(1101, 0, 128, findings=["nodule"])
+    assert 0 < len(det.detect(st.hu, st.spacing)) <= 12 < len(NoduleDetector(net).detect(st.hu, st.spacing))
+    # another number of candidates is another detector: its evidence is cached apart
+    assert detector_digest(det) != detector_digest(NoduleDetector(net))
+    # a file from before the number was stored scores the default number
+    blob = torch.load(tmp_path / NODULE_FILE, weights_only=True)
+    del blob["max_candidates"]
+    torch.save(blob, tmp_path / NODULE_FILE)
+    assert NoduleDetector.load(tmp_path).max_candidates == MAX_CANDIDATES
+
+
 def test_a_corrupt_detector_file_names_the_file_and_the_fix(tmp_path):
     (tmp_path / NODULE_FILE).write_bytes(b"not a torch file")
     with pytest.raises(ConfigError) as err:

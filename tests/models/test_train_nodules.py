@@ -49,6 +49,9 @@ def test_training_learns_toy_nodules_and_is_deterministic():
     assert summary["val"]["candidate_auc"] > 0.9
     assert summary["train_studies"] + summary["val_studies"] == 12
     assert {"scale", "offset"} == set(summary["calibration"])
+    assert det.max_candidates == cfg.max_candidates == 48
+    assert train_detector(ex, NoduleTrainConfig(steps=2, batch_size=4, width=4, max_candidates=96), device="cpu",
+                          progress=False)[0].max_candidates == 96
 
 
 def test_training_without_nodule_candidates_says_what_to_do():
@@ -66,6 +69,12 @@ def test_examples_of_a_synthetic_study_label_the_candidates_on_its_nodule():
     assert (one["density"][on] >= 0).all() and (one["density"][~on] == -1).all()
     assert (one["logsize"][on] > np.log(3)).all() and (one["logsize"][~on] == 0).all()
     assert one["density"][on].max() < len(vocab.DENSITIES)
+
+
+def test_examples_hold_at_most_the_asked_number_of_candidates():
+    few, many = study_examples((1101, 1, False, 8)), study_examples((1101, 1, False, 96))
+    assert len(few["label"]) == 8 < len(many["label"]) <= 96
+    assert np.array_equal(many["patches"][:8], few["patches"])           # the strongest come first either way
 
 
 def test_build_examples_forces_a_nodule_into_every_other_study():
