@@ -359,19 +359,39 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
                f"validation report->volume R@5 {summary['val_R@5']:.3f}; model written to {out}")
 
 
+#: ``train-nodules --types`` by default (the shipped detector's).
+DETECTOR_TYPES = ("nodule", "cavity")
+
+
+def _detector_types(text: str) -> tuple[str, ...]:
+    """``--types`` as a tuple, checked against the types the detector can score."""
+    from medsearch.models.nodule_net import DETECTED_TYPES
+
+    types = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in types if t not in DETECTED_TYPES]
+    if unknown or not types or types[0] != "nodule" or len(set(types)) != len(types):
+        raise ConfigError(f"--types {text!r} is not a list of detectable types starting with nodule.",
+                          f"Pass some of {', '.join(DETECTED_TYPES)}, nodule first, e.g. --types nodule,cavity.")
+    return types
+
+
 @cli.command("train-nodules")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--synth-seed", default=1101, show_default=True,
               help="Seed of the synthetic studies the detector learns from (9000-9999 are refused).")
 @click.option("--studies", default=600, show_default=True, type=click.IntRange(min=8),
-              help="Synthetic studies to generate; half have a nodule forced in.")
+              help="Synthetic studies to generate; half have a nodule forced in, and each type after nodule in "
+                   "--types adds one study in six with it forced in.")
 @click.option("--steps", default=1500, show_default=True, type=click.IntRange(min=1),
               help="Optimisation steps of the patch classifier.")
 @click.option("--seed", default=0, show_default=True, help="Seed of initialisation, sampling and augmentation.")
 @click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
 @click.option("--candidates", default=48, show_default=True, type=click.IntRange(min=8, max=512),
               help="Most candidates scored per scan: more reach faint and small nodules, at a cost per volume.")
-def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidates):
+@click.option("--types", "types_", default=",".join(DETECTOR_TYPES), show_default=True,
+              help="Finding types the classifier scores, comma-separated, nodule first (of: nodule, mass, cavity); "
+                   "a cavity adds evidence beside the U-Net's.")
+def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidates, types_):
     """Train the nodule detector of a ctseg model (candidates on the scan's grid + a patch classifier)."""
     import json
 
@@ -381,6 +401,7 @@ def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidat
     from medsearch.models.train_nodules import NoduleTrainConfig, build_examples, train_detector
 
     check_seed_disjoint([synth_seed])
+    types = _detector_types(types_)
     config_file = model_dir / CONFIG_FILE
     try:
         config = json.loads(config_file.read_text())
@@ -390,7 +411,7 @@ def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidat
     if config.get("arch") != "ctseg":
         raise ConfigError(f"'{model_dir}' holds a {config.get('arch')!r} model; the nodule detector is part of ctseg.",
                           "Train a ctseg model first ('medsearch train --arch ctseg').")
-    examples = build_examples(synth_seed, studies, workers=workers, max_candidates=candidates)
+    examples = build_examples(synth_seed, studies, workers=workers, max_candidates=candidates, types=types)
     detector, summary = train_detector(examples, NoduleTrainConfig(steps=steps, seed=seed, max_candidates=candidates))
     summary = {**summary, "synth_seed": synth_seed, "studies": studies}
     detector.summary = summary

@@ -96,3 +96,11 @@ def test_train_nodules_needs_a_ctseg_model_folder(tmp_path, config, message):
     result = CliRunner().invoke(cli, ["train-nodules", str(tmp_path), "--studies", "8"])
     assert result.exit_code != 0 and message in result.output
     assert not (tmp_path / "nodule.pt").exists()
+
+
+@pytest.mark.parametrize("types", ["cavity", "nodule,lesion", "nodule,cavity,cavity", ""])
+def test_train_nodules_refuses_types_it_cannot_score(tmp_path, types):
+    (tmp_path / "config.json").write_text('{"arch": "ctseg"}')
+    result = CliRunner().invoke(cli, ["train-nodules", str(tmp_path), "--studies", "8", "--types", types])
+    assert result.exit_code != 0 and "--types" in result.output and "nodule first" in result.output
+    assert not (tmp_path / "nodule.pt").exists()

@@ -211,8 +211,10 @@ def save_evidence(path, ev) -> None:
     import os
 
     tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, cells=ev.cells, probability=ev.probability, logsize=ev.logsize, density=ev.density,
-             **({"native": ev.native} if ev.native is not None else {}))
+    parts = {"": ev, **{f"other.{t}.": o for t, o in (ev.others or {}).items()}}
+    arrays = {f"{prefix}{k}": getattr(e, k) for prefix, e in parts.items()
+              for k in ("cells", "probability", "logsize", "density", "native") if getattr(e, k) is not None}
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)
 
 
@@ -220,8 +222,14 @@ def load_evidence(path):
     from medsearch.models.nodule_detector import NoduleEvidence
 
     with np.load(path) as z:
-        return NoduleEvidence(z["cells"], z["probability"], z["logsize"], z["density"],
-                              z["native"] if "native" in z.files else None)
+        def part(prefix: str) -> NoduleEvidence:
+            return NoduleEvidence(*(z[prefix + k] for k in ("cells", "probability", "logsize", "density")),
+                                  z[prefix + "native"] if prefix + "native" in z.files else None)
+
+        others = sorted({k.split(".")[1] for k in z.files if k.startswith("other.")})
+        ev = part("")
+        ev.others = {t: part(f"other.{t}.") for t in others} or None
+        return ev
 
 
 def _series_files(source) -> list:
@@ -335,6 +343,7 @@ def detector_digest(detector) -> str:
                           # a detector file from before max_candidates was stored keeps its digest
                           + (f",{detector.max_candidates}".encode() if detector.max_candidates != MAX_CANDIDATES
                              else b"")
+                          + "".join(f",{t}:{a},{b}" for t, (a, b) in sorted(detector.calibration.items())).encode()
                           ).hexdigest()[:12]
 
 

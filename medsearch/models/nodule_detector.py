@@ -11,6 +11,10 @@ takes the nodule slots from it (:func:`nodule_slots`) and paints the nodule chan
 of its maps, so that the embedding, the findings, the stored spatial map and the key
 slice all follow the detector.
 
+A detector may score other types on the same candidates (``types``; the shipped one scores cavities,
+whose wall its candidates find where the U-Net's coarse grid blurs it): their detections travel as
+:attr:`NoduleEvidence.others` and raise the U-Net's slots and channel of that type.
+
 A model folder holds the detector as ``nodule.pt`` (weights, calibration, summary);
 without one the tower is the U-Net alone, as in models trained before it existed.
 """
@@ -26,7 +30,7 @@ import torch
 
 from medsearch import vocab
 from medsearch.models.candidates import MAX_CANDIDATES, LungGrid, extract_patches, find_candidates, lung_mask
-from medsearch.models.nodule_net import NoduleNet
+from medsearch.models.nodule_net import DETECTED_TYPES, NoduleNet
 
 #: File of the detector in a model folder.
 NODULE_FILE = "nodule.pt"
@@ -57,6 +61,8 @@ class Detections:
     diameter_mm: np.ndarray
     density: np.ndarray
     lungs: LungGrid | None = None
+    #: other detected type -> (N,) calibrated probability that a finding of that type is there
+    others: dict | None = None
 
     def __len__(self) -> int:
         return len(self.probability)
@@ -77,6 +83,8 @@ class NoduleEvidence:
         weak: the candidates below :data:`MIN_PROBABILITY`, in the same form, or None.  They never
             count as nodules; they only place the key slice of a nodule slot the detector left empty
             (a query for a nodule in a lobe where it found none: its most nodule-like blob).
+        others: for a detector that scores other types too (masses, cavities), type -> their evidence in
+            the same form (without ``weak``), or None.
     """
 
     cells: np.ndarray
@@ -86,6 +94,7 @@ class NoduleEvidence:
     native: np.ndarray | None = None
     lungs: LungGrid | None = None
     weak: "NoduleEvidence | None" = None
+    others: "dict[str, NoduleEvidence] | None" = None
 
     @classmethod
     def empty(cls) -> "NoduleEvidence":
@@ -114,24 +123,38 @@ class NoduleDetector:
 
     Args:
         net: the patch classifier (put in eval mode here).
-        scale, offset: Platt calibration, ``p = sigmoid(scale * logit + offset)``.
+        scale, offset: Platt calibration of the nodule logit, ``p = sigmoid(scale * logit + offset)``.
         max_candidates: the most candidates scored per scan (the calibration was fitted at this number,
             so it belongs to the detector; files from before it was stored used 48).
+        types: the types the net scores, nodule first (:data:`DETECTED_TYPES`; files from before other
+            types were scored hold nodules alone).
+        calibration: each other type's (scale, offset).
     """
 
     def __init__(self, net: NoduleNet, scale: float = 1.0, offset: float = 0.0, summary: dict | None = None,
-                 max_candidates: int = MAX_CANDIDATES):
+                 max_candidates: int = MAX_CANDIDATES, types: tuple[str, ...] = DETECTED_TYPES[:1],
+                 calibration: dict | None = None):
         self.net = net.eval()
         self.scale, self.offset = float(scale), float(offset)
         self.summary = summary or {}
         self.max_candidates = int(max_candidates)
+        self.types = tuple(types)
+        if len(self.types) != net.types or self.types[0] != "nodule":
+            raise ValueError(f"types {self.types} do not match a net scoring {net.types} type(s), nodule first")
+        self.calibration = {t: (float(a), float(b)) for t, (a, b) in (calibration or {}).items()}
+        self.calibration.update({t: (1.0, 0.0) for t in self.types[1:] if t not in self.calibration})
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path) -> None:
+        config = {"width": self.net.width, "cells": self.net.cells}
+        extra = {}
+        if len(self.types) > 1:
+            config["types"] = self.net.types
+            extra = {"types": list(self.types),
+                     "type_calibration": {t: {"scale": a, "offset": b} for t, (a, b) in self.calibration.items()}}
         torch.save({"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                    "config": {"width": self.net.width, "cells": self.net.cells},
-                    "calibration": {"scale": self.scale, "offset": self.offset},
-                    "max_candidates": self.max_candidates, "summary": self.summary}, Path(path))
+                    "config": config, "calibration": {"scale": self.scale, "offset": self.offset},
+                    "max_candidates": self.max_candidates, "summary": self.summary, **extra}, Path(path))
 
     @classmethod
     def load(cls, model_dir: Path) -> "NoduleDetector | None":
@@ -147,36 +170,48 @@ class NoduleDetector:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             net = NoduleNet(**blob["config"])
             net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
+            cal = blob.get("calibration", {})
+            return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
+                       int(blob.get("max_candidates", MAX_CANDIDATES)), tuple(blob.get("types", DETECTED_TYPES[:1])),
+                       {t: (c["scale"], c["offset"]) for t, c in blob.get("type_calibration", {}).items()})
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             from medsearch.errors import ConfigError
 
             raise ConfigError(f"The nodule detector '{path}' cannot be read ({type(exc).__name__}).",
                               "Retrain it ('medsearch train-nodules MODEL_DIR') or remove the file to run "
                               "the model without it.") from None
-        cal = blob.get("calibration", {})
-        return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
-                   int(blob.get("max_candidates", MAX_CANDIDATES)))
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def score(self, patches: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrated probability (N,), diameter mm (N,) and density (N, D) of candidate patches."""
+        p, diameter, density, _ = self.score_types(patches, features)
+        return p, diameter, density
+
+    @torch.no_grad()
+    def score_types(self, patches: np.ndarray, features: np.ndarray) -> tuple:
+        """:meth:`score` plus each other type's calibrated probability (type -> (N,))."""
         if len(patches) == 0:
             return (np.zeros(0, np.float32), np.zeros(0, np.float32),
-                    np.zeros((0, len(vocab.DENSITIES)), np.float32))
-        logit, logsize, dens = self.net(torch.from_numpy(patches), torch.from_numpy(features))
-        p = torch.sigmoid(self.scale * logit + self.offset)
+                    np.zeros((0, len(vocab.DENSITIES)), np.float32),
+                    {t: np.zeros(0, np.float32) for t in self.types[1:]})
+        logits, logsize, dens = self.net(torch.from_numpy(patches), torch.from_numpy(features))
+        p = torch.sigmoid(self.scale * logits[:, 0] + self.offset)
+        others = {t: torch.sigmoid(self.calibration[t][0] * logits[:, k] + self.calibration[t][1])
+                  .numpy().astype(np.float32) for k, t in enumerate(self.types) if k}
         return (p.numpy().astype(np.float32), logsize.exp().numpy().astype(np.float32),
-                torch.softmax(dens, dim=1).numpy().astype(np.float32))
+                torch.softmax(dens, dim=1).numpy().astype(np.float32), others)
 
     def detect(self, hu: np.ndarray, spacing) -> Detections:
-        """Nodules of one scan ``hu`` (z, y, x) with ``spacing`` (dz, dy, dx) mm; indices on its grid."""
+        """Nodules (and the other types it scores) of one scan ``hu`` (z, y, x) with ``spacing``
+        (dz, dy, dx) mm; indices on its grid."""
         grid, sp, step = _detection_grid(np.asarray(hu), spacing)
         lungs = lung_mask(grid, tuple(sp))
         cands = find_candidates(grid, tuple(sp), lungs, self.max_candidates)
-        p, diameter, density = self.score(extract_patches(grid, tuple(sp), cands.index), cands.features())
+        p, diameter, density, others = self.score_types(extract_patches(grid, tuple(sp), cands.index),
+                                                        cands.features())
         index = cands.index * step + (step - 1) / 2.0
-        return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step))
+        return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step), others or None)
 
     def evidence(self, vol, canon_affine: np.ndarray) -> NoduleEvidence:
         """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
@@ -188,14 +223,17 @@ def as_evidence(det: Detections, native_affine: np.ndarray, canon_affine: np.nda
     """:meth:`NoduleDetector.evidence` from detections already made on the scan whose affine is
     ``native_affine``: the encoder detects before it knows the canonical grid, so that the detector
     overlaps the resampling as well as the U-Net."""
+    half = native_to_half(det.index, native_affine, canon_affine).reshape(-1, 3)
+    logsize = np.log(np.maximum(det.diameter_mm, 1.0))
+
+    def part(sel: np.ndarray, probability: np.ndarray) -> NoduleEvidence:
+        return NoduleEvidence(half[sel], probability[sel], logsize[sel], det.density[sel],
+                              det.index[sel].reshape(-1, 3))
+
     keep = det.probability >= MIN_PROBABILITY
-
-    def part(sel: np.ndarray) -> NoduleEvidence:
-        return NoduleEvidence(native_to_half(det.index[sel], native_affine, canon_affine).reshape(-1, 3),
-                              det.probability[sel], np.log(np.maximum(det.diameter_mm[sel], 1.0)),
-                              det.density[sel], det.index[sel].reshape(-1, 3))
-
-    return replace(part(keep), lungs=det.lungs, weak=part(~keep))
+    others = {t: part(p >= MIN_PROBABILITY, p) for t, p in det.others.items()} if det.others else None
+    return replace(part(keep, det.probability), lungs=det.lungs, weak=part(~keep, det.probability),
+                   others=others)
 
 
 def scan_lungs(hu: np.ndarray, spacing) -> LungGrid:
@@ -294,5 +332,19 @@ def paint(maps: torch.Tensor, ev: NoduleEvidence, channel: int, density_at: int,
     return out
 
 
+def paint_other(maps: torch.Tensor, ev: NoduleEvidence, channel: int) -> torch.Tensor:
+    """One study's raw maps (C, z, y, x) with a mass or cavity channel raised to the detections' logits
+    where they are surer than the U-Net (the U-Net's own finding of that type stays: the slots take the
+    larger presence, :func:`~medsearch.models.slot_model.merge_other`)."""
+    if len(ev) == 0:
+        return maps
+    out = maps.detach().clone()
+    c = _cells(ev, maps.shape[1:])
+    p = np.clip(ev.probability, 1e-4, 1 - 1e-4)
+    for (z, y, x), lg in zip(c, np.log(p / (1 - p))):
+        out[channel, z, y, x] = max(float(out[channel, z, y, x]), float(lg))
+    return out
+
+
 __all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "as_evidence",
-           "located", "native_to_half", "nodule_slots", "paint"]
+           "located", "native_to_half", "nodule_slots", "paint", "paint_other"]

@@ -20,6 +20,9 @@ from medsearch.models.candidates import PATCH_CELLS
 N_FEATURES = 4
 #: Density classes of the third output (``vocab.DENSITIES``' order).
 N_DENSITIES = len(vocab.DENSITIES)
+#: Finding types a classifier may score, nodule first: the detector's candidates lie on masses and on
+#: cavity walls as well (docs/model.md, "The design's ceiling"), which the U-Net's coarse grid blurs.
+DETECTED_TYPES: tuple[str, ...] = ("nodule", "mass", "cavity")
 
 
 class _Trunk(nn.Sequential):
@@ -35,30 +38,36 @@ class _Trunk(nn.Sequential):
 
 
 class NoduleNet(nn.Module):
-    """Candidate patch -> nodule logit and log-diameter.
+    """Candidate patch -> a logit per detected type, log-diameter and density.
 
     Args:
         width: channels of the first stage (the next ones double).
         cells: side of the input cube (:data:`~medsearch.models.candidates.PATCH_CELLS`).
+        types: how many of :data:`DETECTED_TYPES` it scores (1, nodules alone, in files from before the
+            others were added; their weights load unchanged).
 
     Shapes:
         ``forward(patches, features)``: patches (N, 1, cells, cells, cells) in [-1, 1], features
-        (N, N_FEATURES) -> nodule logit (N,), log-diameter in mm (N,) and density logits
-        (N, N_DENSITIES).
+        (N, N_FEATURES) -> type logits (N, types) (independent: a candidate is on one finding of a type
+        or not), log-diameter in mm (N,) and density logits (N, N_DENSITIES) of the finding it lies on.
     """
 
-    def __init__(self, width: int = 16, cells: int = PATCH_CELLS):
+    def __init__(self, width: int = 16, cells: int = PATCH_CELLS, types: int = 1):
         super().__init__()
-        self.width, self.cells = int(width), int(cells)
+        self.width, self.cells, self.types = int(width), int(cells), int(types)
         self.trunk = _Trunk(width)
         self.feat = nn.Sequential(nn.Linear(N_FEATURES, 16), nn.ReLU())
-        self.head = nn.Sequential(nn.Linear(8 * width + 16, 64), nn.ReLU(), nn.Linear(64, 2 + N_DENSITIES))
+        # nodule logit, log-diameter, densities, then the other types' logits: the layout of the
+        # nodule-only head, extended at the end
+        self.head = nn.Sequential(nn.Linear(8 * width + 16, 64), nn.ReLU(),
+                                  nn.Linear(64, 1 + self.types + N_DENSITIES))
 
     def forward(self, patches: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         h = self.trunk(patches)
         h = torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4)), self.feat(features)], dim=1)
         out = self.head(h)
-        return out[:, 0], out[:, 1], out[:, 2:]
+        logits = torch.cat([out[:, :1], out[:, 2 + N_DENSITIES:]], dim=1)
+        return logits, out[:, 1], out[:, 2:2 + N_DENSITIES]
 
 
-__all__ = ["N_DENSITIES", "N_FEATURES", "NoduleNet"]
+__all__ = ["DETECTED_TYPES", "N_DENSITIES", "N_FEATURES", "NoduleNet"]

@@ -50,6 +50,11 @@ class EncodedVolume:
 _DEFAULTED_BUFFERS = ("image.presence_floor",)
 
 
+def _detections(evidence) -> dict | None:
+    """The detector's evidence by finding type (nodules, and masses and cavities where it scores them)."""
+    return None if evidence is None else {"nodule": evidence, **(evidence.others or {})}
+
+
 class Encoder:
     """A loaded model: image side, text projection and (lazily) MiniLM."""
 
@@ -169,7 +174,7 @@ class Encoder:
             lungs = evidence.lungs if evidence is not None and evidence.lungs is not None else \
                 scan_lungs(vol.hu, vol.spacing)
             findings = decode(out["maps"][0], affine, vol.affine, vol.hu.shape, vol.hu, out["presence"][0],
-                              {"nodule": evidence} if evidence is not None else None, lungs, vol.spacing)
+                              _detections(evidence), lungs, vol.spacing)
             locations = slot_locations(out["maps"][0], affine, vol.affine, vol.hu, vol.spacing, lungs, evidence)
             spatial = out["spatial"][0].permute(0, 3, 2, 1).contiguous()
             return EncodedVolume(out["embedding"][0].numpy().astype(np.float32),

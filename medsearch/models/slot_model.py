@@ -66,6 +66,16 @@ def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
     return torch.cat([attr, (1.0 - finding_mass).clamp(0.0, 1.0)[:, None]], dim=1)
 
 
+def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None) -> None:
+    """Fold the detector's slots ``own`` of type ``t`` (a mass, a cavity) into study ``b``'s U-Net slots, in
+    place.  Presence is the larger of the two: the U-Net sees a mass's extent and the detector the native
+    pixels of a cavity's wall, so each finds what the other misses (docs/model.md, "Cavities from the detector");
+    density and size stay the U-Net's."""
+    if own is None:
+        return
+    slots["presence"][b, t] = torch.maximum(slots["presence"][b, t], own["presence"])
+
+
 class SlotModel(nn.Module):
     """Image tower, clause head and the shared projection of ``ctseg``.
 
@@ -137,7 +147,7 @@ class SlotModel(nn.Module):
 
     @staticmethod
     def _with_nodules(maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
-        from medsearch.models.nodule_detector import nodule_slots, paint
+        from medsearch.models.nodule_detector import nodule_slots, paint, paint_other
 
         nr, nt, nd, _ = HEAD_SPLIT
         t = vocab.FINDING_TYPES.index("nodule")
@@ -154,7 +164,12 @@ class SlotModel(nn.Module):
             else:
                 for k in ("presence", "density", "size"):
                     slots[k][b, t] = own[k]
-            painted.append(paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd))
+            one = paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd)
+            for ftype, other in (ev.others or {}).items():
+                k = vocab.FINDING_TYPES.index(ftype)
+                merge_other(slots, b, k, nodule_slots(other, region[b]))
+                one = paint_other(one, other, nr + k)
+            painted.append(one)
         return torch.stack(painted), slots
 
     def clause_attributes(self, feats: torch.Tensor) -> torch.Tensor:

@@ -20,13 +20,49 @@ NODULE = vocab.FINDING_TYPES.index("nodule")
 
 
 @pytest.mark.parametrize("n", [1, 5])
-def test_nodule_net_shape_contract(n):
+@pytest.mark.parametrize("types", [1, 3])
+def test_nodule_net_shape_contract(n, types):
     torch.manual_seed(0)
-    net = NoduleNet(width=8).eval()
+    net = NoduleNet(width=8, types=types).eval()
     with torch.no_grad():
-        logit, logsize, density = net(torch.rand(n, 1, 16, 16, 16) * 2 - 1, torch.rand(n, N_FEATURES))
-    assert logit.shape == logsize.shape == (n,) and density.shape == (n, N_DENSITIES)
+        logits, logsize, density = net(torch.rand(n, 1, 16, 16, 16) * 2 - 1, torch.rand(n, N_FEATURES))
+    assert logits.shape == (n, types) and logsize.shape == (n,) and density.shape == (n, N_DENSITIES)
     assert N_DENSITIES == len(vocab.DENSITIES)
+
+
+def test_a_typed_net_extends_the_nodule_only_head_at_its_end():
+    """A nodule-only file's weights are the first rows of a typed net's: the nodule logit, size and density
+    mean the same in both, so older files load into the same code."""
+    torch.manual_seed(0)
+    one, three = NoduleNet(width=4), NoduleNet(width=4, types=3)
+    state = three.state_dict()
+    for k, v in one.state_dict().items():
+        state[k] = torch.cat([v, state[k][len(v):]]) if k.startswith("head.2") else v
+    three.load_state_dict(state)
+    x, f = torch.rand(2, 1, 16, 16, 16), torch.rand(2, N_FEATURES)
+    with torch.no_grad():
+        a, b = one.eval()(x, f), three.eval()(x, f)
+    assert torch.allclose(a[0][:, 0], b[0][:, 0]) and torch.allclose(a[1], b[1]) and torch.allclose(a[2], b[2])
+
+
+def test_a_typed_detector_round_trips_and_scores_each_type(tmp_path):
+    from medsearch.models.data import detector_digest
+    from medsearch.models.nodule_net import DETECTED_TYPES
+
+    torch.manual_seed(0)
+    det = NoduleDetector(NoduleNet(width=4, types=3), 1.0, -2.0, types=DETECTED_TYPES,
+                         calibration={"mass": (2.0, -1.0), "cavity": (0.5, -30.0)})
+    det.save(tmp_path / NODULE_FILE)
+    back = NoduleDetector.load(tmp_path)
+    assert back.types == DETECTED_TYPES and back.calibration == det.calibration
+    assert detector_digest(back) == detector_digest(det)
+    x, f = np.random.default_rng(0).uniform(-1, 1, (3, 1, 16, 16, 16)).astype(np.float32), np.zeros((3, 4), np.float32)
+    p, _, _, others = back.score_types(x, f)
+    assert set(others) == {"mass", "cavity"} and all(v.shape == (3,) for v in others.values())
+    assert (others["cavity"] < 1e-6).all()                 # its own calibration, not the nodule's
+    assert np.allclose(p, det.score(x, f)[0])
+    with pytest.raises(ValueError, match="types"):
+        NoduleDetector(NoduleNet(width=4, types=3))          # a typed net needs its type names
 
 
 def test_detector_file_round_trip(tmp_path):
@@ -229,3 +265,84 @@ def test_a_finding_holding_a_detection_takes_its_slice_and_box_from_it():
     assert located(ev, np.array([[0, 0, 0]]), affine, (80, 128, 128)) is None
     ev.native = None
     assert located(ev, np.array([[2, 3, 3]]), affine, (80, 128, 128)) is None
+
+
+def _typed_detector(nodule: float, mass: float, cavity: float) -> NoduleDetector:
+    """A typed detector that gives every candidate the same probability of each type."""
+    from medsearch.models.nodule_net import DETECTED_TYPES
+
+    torch.manual_seed(0)
+    return NoduleDetector(NoduleNet(width=4, types=3), scale=0.0, offset=nodule, types=DETECTED_TYPES,
+                          calibration={"mass": (0.0, mass), "cavity": (0.0, cavity)})
+
+
+def test_a_typed_detectors_evidence_holds_each_other_type_apart():
+    from medsearch.dicom.volume import HUVolume
+    from medsearch.models.preprocess import to_canonical
+    from medsearch.synth.study import generate_study
+
+    det = _typed_detector(-12.0, 12.0, -12.0)                           # every candidate a mass, none else
+    st = generate_study(1101, 1, 128, findings=["mass"])
+    vol = HUVolume(st.hu, st.spacing, st.affine, "CT")
+    _, affine = to_canonical(vol)
+    ev = det.evidence(vol, affine)
+    n = len(det.detect(st.hu, st.spacing))
+    assert len(ev) == 0 and len(ev.weak) == n                           # no nodule
+    assert set(ev.others) == {"mass", "cavity"}
+    assert len(ev.others["mass"]) == n and len(ev.others["cavity"]) == 0
+    assert np.allclose(ev.others["mass"].cells, ev.weak.cells)          # the same candidates, placed alike
+    # a nodule-only detector's evidence has no other types
+    assert NoduleDetector(NoduleNet(width=4)).evidence(vol, affine).others is None
+
+
+def test_painting_another_type_only_raises_its_channel_where_the_detector_is_surer():
+    from medsearch.models.nodule_detector import paint_other
+
+    maps = torch.zeros(20, 4, 6, 6)
+    maps[NR + 3, 1, 1, 1] = 5.0
+    ev = _evidence([[1, 1, 1], [2, 3, 4]], [0.5, 0.9])
+    out = paint_other(maps, ev, NR + 3)
+    assert out[NR + 3, 1, 1, 1] == 5.0                                  # the U-Net was surer there
+    assert out[NR + 3, 2, 3, 4].item() == pytest.approx(np.log(9.0), abs=1e-4)
+    changed = (out != maps).nonzero().tolist()
+    assert changed == [[NR + 3, 2, 3, 4]] and (maps == 0).sum() == maps.numel() - 1   # maps left as they were
+    assert paint_other(maps, NoduleEvidence.empty(), NR + 3) is maps
+
+
+def test_the_evidence_cache_keeps_the_other_types(tmp_path):
+    from medsearch.models.data import load_evidence, save_evidence
+
+    ev = _evidence([[1, 2, 3]], [0.9])
+    ev.native = np.array([[4.0, 5.0, 6.0]])
+    ev.others = {"cavity": _evidence([[2, 2, 2], [3, 3, 3]], [0.5, 0.7], diameter=20.0)}
+    save_evidence(tmp_path / "a.npz", ev)
+    back = load_evidence(tmp_path / "a.npz")
+    assert np.array_equal(back.cells, ev.cells) and np.array_equal(back.native, ev.native)
+    assert set(back.others) == {"cavity"} and np.allclose(back.others["cavity"].probability, [0.5, 0.7])
+    assert np.allclose(back.others["cavity"].logsize, np.log(20.0)) and back.others["cavity"].native is None
+    save_evidence(tmp_path / "b.npz", _evidence([[1, 2, 3]], [0.9]))
+    assert load_evidence(tmp_path / "b.npz").others is None
+
+
+def test_the_slot_model_folds_the_other_types_into_the_unets_slots():
+    from medsearch.models.slot_model import SlotModel
+
+    torch.manual_seed(0)
+    model = SlotModel().eval()
+    x = torch.rand(1, 5, 16, 32, 32)
+    cavity, mass = vocab.FINDING_TYPES.index("cavity"), vocab.FINDING_TYPES.index("mass")
+    with torch.no_grad():
+        plain = model.encode_image(x, [_evidence([[2, 5, 5]], [0.95])])
+        ev = _evidence([[2, 5, 5]], [0.95])
+        ev.others = {"cavity": _evidence([[2, 5, 5]], [0.99]), "mass": NoduleEvidence.empty()}
+        out = model.encode_image(x, [ev])
+    region = torch.softmax(plain["maps"][:, :NR], dim=1)[0, 1:]
+    own = nodule_slots(ev.others["cavity"], region)["presence"]
+    assert torch.allclose(out["presence"][0, cavity], torch.maximum(plain["presence"][0, cavity], own))
+    assert (out["presence"][0, cavity] > plain["presence"][0, cavity]).any()
+    assert torch.equal(out["presence"][0, mass], plain["presence"][0, mass])   # nothing found: the U-Net's
+    assert torch.equal(out["density"], plain["density"]) and torch.equal(out["size"], plain["size"])
+    assert not torch.equal(out["embedding"], plain["embedding"])
+    # the findings and key slices follow: the cavity channel is raised to the detection's logit at its cell
+    assert out["maps"][0, NR + cavity, 2, 5, 5] >= np.log(0.99 / 0.01) - 1e-4
+    assert torch.equal(out["maps"][0, NR + mass], plain["maps"][0, NR + mass])

@@ -83,3 +83,57 @@ def test_build_examples_forces_a_nodule_into_every_other_study():
     assert set(np.unique(ex.study)) <= {0, 1} and len(ex.label) == len(ex.patches) == len(ex.features)
     sub = ex.subset(np.array([1]))
     assert (sub.study == 0).all() and len(sub.has_nodule) == 1
+
+
+def test_other_types_add_studies_and_leave_the_nodule_examples_as_they_were():
+    from medsearch.models.train_nodules import study_plan
+
+    alone = study_plan(12, ("nodule",))
+    assert alone == [(i, "nodule" if i % 2 == 0 else None) for i in range(12)]
+    assert study_plan(12, ("nodule", "cavity")) == alone + [(1, "cavity"), (7, "cavity")]
+    assert study_plan(12, ("nodule", "mass", "cavity")) == alone + [(1, "mass"), (7, "mass"), (3, "cavity"),
+                                                                    (9, "cavity")]
+
+
+@pytest.mark.parametrize("index, ftype", [(1, "mass"), (3, "cavity")])
+def test_typed_examples_label_the_candidates_on_a_forced_mass_or_cavity(index, ftype):
+    types = ("nodule", "mass", "cavity")
+    one = study_examples((1101, index, ftype, 48, types))
+    k = types.index(ftype) + 1
+    on = one["label"] == k
+    assert on.any() and one["has"].tolist() == [t == ftype for t in types]
+    assert (one["logsize"][on] > np.log(14)).all() and (one["density"][on] == vocab.DENSITIES.index("solid")).all()
+    plain = study_examples((1101, index, ftype))                        # nodules alone: the same candidates
+    assert np.array_equal(plain["patches"], one["patches"]) and not (plain["label"] > 1).any()
+
+
+def _typed_toy_examples(studies: int = 16, per_study: int = 10) -> Examples:
+    """Toy patches: a small ball is a nodule, a big ball a mass, a hollow shell a cavity."""
+    ex = _toy_examples(studies, per_study)
+    c = np.arange(PATCH_CELLS) - (PATCH_CELLS - 1) / 2
+    r2 = c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2
+    patches = ex.patches.astype(np.float32)
+    label = ex.label.copy()
+    for k in range(1, len(label), per_study):
+        label[k], label[k + 1] = 2, 3
+        patches[k, 0][r2 < 36] = 0.5
+        patches[k + 1, 0][(r2 < 36) & (r2 > 16)] = 0.5
+    logsize = np.where(label > 0, np.log(12.0), 0).astype(np.float32)
+    return Examples(patches.astype(np.float16), ex.features, label, logsize,
+                    np.where(label > 0, 0, -1).astype(np.int64), ex.study, ex.has_nodule, ("nodule", "mass", "cavity"),
+                    np.ones((studies, 3), bool))
+
+
+def test_training_a_typed_detector_learns_each_type_and_calibrates_it_apart():
+    ex = _typed_toy_examples()
+    cfg = NoduleTrainConfig(steps=60, batch_size=16, width=4, val_fraction=0.25, other_per_batch=4)
+    det, summary = train_detector(ex, cfg, device="cpu", progress=False)
+    assert det.types == ("nodule", "mass", "cavity") and det.net.types == 3
+    assert summary["types"] == ["nodule", "mass", "cavity"]
+    for key in ("candidate_auc",):
+        assert summary["val"][key] > 0.9
+        assert summary["val"]["mass"][key] > 0.9 and summary["val"]["cavity"][key] > 0.9
+    assert set(det.calibration) == {"mass", "cavity"} and det.calibration["mass"] != (1.0, 0.0)
+    ex.label[ex.label == 3] = 0                                         # no cavity left to learn from
+    with pytest.raises(InputError, match="cavity"):
+        train_detector(ex, cfg, device="cpu", progress=False)
