@@ -38,6 +38,7 @@ BENCHES = {
     "ingest": lambda q: ["--studies", "3", "--repeats", "2"] if q else [],
     "model": lambda q: _pool_args(q) + (["--repeats", "3"] if q else []),
     "ceiling": lambda q: _pool_args(q),
+    "detector_types": lambda q: _pool_args(q),
     "model_compare": lambda q: ["--batch-size", "2"] if q else [],
     "index": lambda q: ["--quick"] if q else [],
     "search": lambda q: ["--series", "10000", "--studies", "12", "--skip-quality"] if q else [],

@@ -360,7 +360,7 @@ def train(archive, reports, out, steps, batch_size, seed, arch, synth_seeds, syn
 
 
 #: ``train-nodules --types`` by default (the shipped detector's).
-DETECTOR_TYPES = ("nodule", "cavity")
+DETECTOR_TYPES = ("nodule", "cavity", "ground-glass opacity")
 
 
 def _detector_types(text: str) -> tuple[str, ...]:
@@ -389,8 +389,8 @@ def _detector_types(text: str) -> tuple[str, ...]:
 @click.option("--candidates", default=48, show_default=True, type=click.IntRange(min=8, max=512),
               help="Most candidates scored per scan: more reach faint and small nodules, at a cost per volume.")
 @click.option("--types", "types_", default=",".join(DETECTOR_TYPES), show_default=True,
-              help="Finding types the classifier scores, comma-separated, nodule first (of: nodule, mass, cavity); "
-                   "a cavity adds evidence beside the U-Net's.")
+              help="Finding types the classifier scores, comma-separated, nodule first (of: nodule, mass, cavity, "
+                   "ground-glass opacity); the others add evidence beside the U-Net's.")
 def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidates, types_):
     """Train the nodule detector of a ctseg model (candidates on the scan's grid + a patch classifier)."""
     import json

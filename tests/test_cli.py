@@ -104,3 +104,11 @@ def test_train_nodules_refuses_types_it_cannot_score(tmp_path, types):
     result = CliRunner().invoke(cli, ["train-nodules", str(tmp_path), "--studies", "8", "--types", types])
     assert result.exit_code != 0 and "--types" in result.output and "nodule first" in result.output
     assert not (tmp_path / "nodule.pt").exists()
+
+
+def test_train_nodules_by_default_trains_the_types_the_shipped_detector_scores():
+    from medsearch.cli import DETECTOR_TYPES, _detector_types
+    from medsearch.models.nodule_detector import NoduleDetector
+    from medsearch.models.registry import DEFAULT_MODEL_DIR
+
+    assert NoduleDetector.load(DEFAULT_MODEL_DIR).types == DETECTOR_TYPES == _detector_types(",".join(DETECTOR_TYPES))

@@ -11,8 +11,9 @@ takes the nodule slots from it (:func:`nodule_slots`) and paints the nodule chan
 of its maps, so that the embedding, the findings, the stored spatial map and the key
 slice all follow the detector.
 
-A detector may score other types on the same candidates (``types``; the shipped one scores cavities,
-whose wall its candidates find where the U-Net's coarse grid blurs it): their detections travel as
+A detector may score other types on the same candidates (``types``; the shipped one scores cavities and
+ground-glass opacities, which its candidates find where the U-Net's coarse grid blurs them): their
+detections travel as
 :attr:`NoduleEvidence.others` and raise the U-Net's slots and channel of that type.
 
 A model folder holds the detector as ``nodule.pt`` (weights, calibration, summary);

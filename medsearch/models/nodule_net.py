@@ -20,9 +20,10 @@ from medsearch.models.candidates import PATCH_CELLS
 N_FEATURES = 4
 #: Density classes of the third output (``vocab.DENSITIES``' order).
 N_DENSITIES = len(vocab.DENSITIES)
-#: Finding types a classifier may score, nodule first: the detector's candidates lie on masses and on
-#: cavity walls as well (docs/model.md, "The design's ceiling"), which the U-Net's coarse grid blurs.
-DETECTED_TYPES: tuple[str, ...] = ("nodule", "mass", "cavity")
+#: Finding types a classifier may score, nodule first: the detector's candidates lie on masses, cavity
+#: walls and ground-glass opacities as well (docs/model.md, "The design's ceiling"), which the U-Net's
+#: coarse grid blurs.  New types go at the end: a file's logits are in the order of its own ``types``.
+DETECTED_TYPES: tuple[str, ...] = ("nodule", "mass", "cavity", "ground-glass opacity")
 
 
 class _Trunk(nn.Sequential):

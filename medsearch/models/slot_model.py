@@ -67,10 +67,10 @@ def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
 
 
 def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None) -> None:
-    """Fold the detector's slots ``own`` of type ``t`` (a mass, a cavity) into study ``b``'s U-Net slots, in
-    place.  Presence is the larger of the two: the U-Net sees a mass's extent and the detector the native
-    pixels of a cavity's wall, so each finds what the other misses (docs/model.md, "Cavities from the detector");
-    density and size stay the U-Net's."""
+    """Fold the detector's slots ``own`` of type ``t`` (a cavity, a ground-glass opacity) into study ``b``'s
+    U-Net slots, in place.  Presence is the larger of the two: the U-Net sees a finding's extent and the
+    detector the native pixels of a cavity's wall or a faint opacity, so each finds what the other misses
+    (docs/model.md, "Cavities and ground glass from the detector"); density and size stay the U-Net's."""
     if own is None:
         return
     slots["presence"][b, t] = torch.maximum(slots["presence"][b, t], own["presence"])

@@ -6,7 +6,8 @@ as planned, so the negatives are realistic).  Every candidate of
 :func:`~medsearch.models.candidates.find_candidates` becomes a patch; it is a positive
 when it lies on a nodule's mask (one voxel of margin), and then carries that nodule's
 diameter and density.  Other findings' candidates are negatives, unless the detector also scores their
-type (``types``, :func:`study_plan`: cavities in the shipped detector), when they are positives of that type.
+type (``types``, :func:`study_plan`: cavities and ground-glass opacities in the shipped detector), when they
+are positives of that type.
 
 Training samples balanced batches (half positives) with flips and in-plane transposes.
 The scores are then calibrated (Platt) on the held-out studies' candidates at their
