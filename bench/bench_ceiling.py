@@ -61,19 +61,30 @@ def _row(enc, studies, attributes: torch.Tensor) -> dict:
             "nDCG@10": r["phrase_to_volume"]["en"]["nDCG@10"], "nDCG@10 zh": r["phrase_to_volume"]["zh"]["nDCG@10"]}
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def pool_arguments(doc: str, out_name: str, argv=None) -> argparse.Namespace:
+    """``--pool``, ``--model`` and ``--out`` (bench/results/``out_name`` by default) of a pool benchmark; two
+    threads, as every benchmark here."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pool", type=Path, required=True, help="held-out synthetic archive (evaluation seed)")
     ap.add_argument("--model", type=Path, default=registry.DEFAULT_MODEL_DIR)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ceiling.json")
-    args = ap.parse_args(argv)
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / out_name)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+    return ap.parse_args(argv)
+
+
+def pool_studies(enc: registry.Encoder, pool: Path) -> list:
+    """The pool's studies on the model's grid, with its detector's evidence (both cached beside the pool)."""
+    return load_archive(pool, cache_dir=pool / ".canonical_cache", detector=enc.nodule_detector,
+                        spacing_mm=enc.config["canonical_spacing_mm"], shape=enc.config["canonical_shape"],
+                        workers=min(2, os.cpu_count() or 1))
+
+
+def main(argv=None) -> dict:
+    args = pool_arguments(__doc__, "ceiling.json", argv)
     enc = registry.Encoder(args.model)
     if enc.config["arch"] != "ctseg":
         raise SystemExit(f"{args.model} holds a {enc.config['arch']!r} model; the ceiling is measured for ctseg.")
-    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", detector=enc.nodule_detector,
-                           spacing_mm=enc.config["canonical_spacing_mm"], shape=enc.config["canonical_shape"],
-                           workers=min(2, os.cpu_count() or 1))
+    studies = pool_studies(enc, args.pool)
     model = image_attributes(enc, studies)
     labels = label_attributes(enc, studies)
     rows = {"model": _row(enc, studies, model), "labels": _row(enc, studies, labels)}

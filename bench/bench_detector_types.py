@@ -21,7 +21,6 @@ Writes bench/results/detector_types.json and prints a table.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,11 +34,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench_ceiling import _row  # noqa: E402
+from bench_ceiling import _row, pool_arguments, pool_studies  # noqa: E402
 from medsearch import vocab  # noqa: E402
 from medsearch.models import registry  # noqa: E402
 from medsearch.models.ceiling import phrase_metrics_by_type  # noqa: E402
-from medsearch.models.data import load_archive  # noqa: E402
 from medsearch.models.evaluate import phrase_specs  # noqa: E402
 from medsearch.models.image_tower_seg import HEAD_SPLIT  # noqa: E402
 from medsearch.models.nodule_detector import nodule_slots  # noqa: E402
@@ -92,20 +90,13 @@ def fold(model, base: dict, own: dict, rules: dict[str, str]) -> torch.Tensor:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--pool", type=Path, required=True, help="held-out synthetic archive (evaluation seed)")
-    ap.add_argument("--model", type=Path, default=registry.DEFAULT_MODEL_DIR)
-    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "detector_types.json")
-    args = ap.parse_args(argv)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    args = pool_arguments(__doc__, "detector_types.json", argv)
     enc = registry.Encoder(args.model)
     det = enc.nodule_detector
     if det is None or len(det.types) < 2:
         raise SystemExit(f"{args.model} has no detector of more than nodules; train one with "
                          "'medsearch train-nodules DIR --types nodule,cavity'.")
-    studies = load_archive(args.pool, cache_dir=args.pool / ".canonical_cache", detector=det,
-                           spacing_mm=enc.config["canonical_spacing_mm"], shape=enc.config["canonical_shape"],
-                           workers=min(2, os.cpu_count() or 1))
+    studies = pool_studies(enc, args.pool)
     base, own = slots_apart(enc, studies)
     others = list(det.types[1:])
     aucs = {}
