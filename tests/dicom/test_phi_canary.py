@@ -55,7 +55,9 @@ class Canaries:
         return value
 
     def number(self) -> str:
-        value = f"7319{next(self._n):04d}"
+        # negative, because a bare digit string also turns up by chance inside the random decimal UIDs the
+        # de-identifier writes ("2.25.<39 digits>": "73194183" did, about once in 30 runs); UIDs hold no '-'
+        value = f"-7319{next(self._n):04d}"
         self.planted.add(value)
         return value
 
@@ -246,6 +248,9 @@ def test_phi_canaries_never_leak(instance, tmp_path, slice_factory, lenient_writ
     paths = _canary_series(src, slice_factory, c)
     # The planted input really holds the canaries (the scan can find them).
     assert _scan(_files(src), {CANARY_MRN, CHINESE, "QZX00000Q"})
+    planted_files = _files(src)
+    numbers = {v for v in c.planted if v.startswith("-7319")}
+    assert numbers and all(_scan(planted_files, {n}) for n in numbers)   # every IS and DS canary, as written
 
     out = tmp_path / "deid-out"
     result = CliRunner().invoke(cli, ["--home", str(instance.home), "deid", str(src), str(out)])
