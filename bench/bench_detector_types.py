@@ -42,7 +42,6 @@ from medsearch.models.evaluate import phrase_specs  # noqa: E402
 from medsearch.models.image_tower_seg import HEAD_SPLIT  # noqa: E402
 from medsearch.models.nodule_detector import nodule_slots  # noqa: E402
 from medsearch.models.preprocess import hu_windows  # noqa: E402
-from medsearch.models.slots import image_slots  # noqa: E402
 from medsearch.models.train_nodules import _auc  # noqa: E402
 
 RULES = {
@@ -64,8 +63,7 @@ def slots_apart(enc: registry.Encoder, studies, batch: int = 8) -> tuple[dict, d
         part = studies[i:i + batch]
         x = torch.stack([hu_windows(torch.from_numpy(s.hu.astype(np.float32)), windows) for s in part])
         maps, _ = model.image(x)
-        slots = dict(image_slots(maps, model.image.presence_scale, model.image.presence_offset,
-                                 floor=model.image.presence_floor))
+        slots = dict(model.image.slots(maps))
         _, slots = model._with_nodules(maps, slots, [replace(s.nodules, others=None) for s in part])
         for k in base:
             base[k].append(slots[k])

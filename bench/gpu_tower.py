@@ -42,7 +42,6 @@ from medsearch.models.dense_data import build_dense_cache  # noqa: E402
 from medsearch.models.slot_model import SEG_GRIDS, SlotModel  # noqa: E402
 from medsearch.models.train_seg import DeviceBatches, SegConfig, load_dense, seg_loss  # noqa: E402
 from medsearch.models.train_slots import SlotTrainConfig, train_ctseg, warm_start  # noqa: E402
-from medsearch.models.slots import image_slots  # noqa: E402
 
 
 def _steps(model, data, dev, batch_size: int, n: int) -> float:
@@ -56,7 +55,7 @@ def _steps(model, data, dev, batch_size: int, n: int) -> float:
         t0 = time.perf_counter()
         batch = batches.batch([rng.randrange(len(data)) for _ in range(batch_size)], rng)
         maps, _ = net(batch["x"])
-        presence = image_slots(maps, net.presence_scale, net.presence_offset, floor=net.presence_floor)["presence"]
+        presence = net.slots(maps)["presence"]
         loss, _ = seg_loss(maps, presence, batch, SegConfig())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from medsearch import vocab
-from medsearch.models.slots import VOXEL_FLOOR
+from medsearch.models.slots import VOXEL_FLOOR, image_slots
 
 N_REGIONS = 1 + len(vocab.LOBES)
 N_TYPES = len(vocab.FINDING_TYPES)
@@ -165,6 +165,11 @@ class SegEncoder(nn.Module):
             parts += [maps[:, at:c], focal[:, k:k + 1]]
             at = c + 1
         return torch.cat([*parts, maps[:, at:]], dim=1)
+
+    def slots(self, maps: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Study-level slots of this tower's ``maps`` through its own presence calibration (floor, scale and
+        offset): :func:`medsearch.models.slots.image_slots`."""
+        return image_slots(maps, self.presence_scale, self.presence_offset, floor=self.presence_floor)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         maps, decoder, pooled = self.decode(x)

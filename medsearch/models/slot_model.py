@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from medsearch import vocab
 from medsearch.models.clause_head import ClauseHead
 from medsearch.models.image_tower_seg import HEAD_SPLIT, SegEncoder
-from medsearch.models.slots import ATTR_DIM, T, attribute_vector, clause_slots, image_slots, sum_by_owner
+from medsearch.models.slots import ATTR_DIM, T, attribute_vector, clause_slots, sum_by_owner
 
 #: Embedding width: the attribute vector (plus its "normal" entry) fits in it unprojected.
 SLOT_DIM = 512
@@ -133,8 +133,7 @@ class SlotModel(nn.Module):
         maps, _ = self.image(x)
         if callable(nodules):
             nodules = nodules()
-        out = dict(image_slots(maps, self.image.presence_scale, self.image.presence_offset,
-                                    floor=self.image.presence_floor))
+        out = dict(self.image.slots(maps))
         if nodules is not None:
             maps, out = self._with_nodules(maps, out, nodules)
         out["maps"] = maps

@@ -34,7 +34,6 @@ from medsearch.models.dense_data import NO_DENSITY
 from medsearch.models.heads import attribute_targets
 from medsearch.models.image_tower_seg import HEAD_SPLIT
 from medsearch.models.preprocess import SEG_WINDOWS, hu_windows
-from medsearch.models.slots import image_slots
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint_seg.pt"
@@ -292,8 +291,7 @@ def slot_f1(model, data: DenseSet, device, batch: int = 8) -> dict:
         idx = list(range(i, min(i + batch, len(data))))
         x = make_batch(data, idx, random.Random(0), augment=False)["x"].to(device)
         maps, _ = model.image(x)
-        pred = (image_slots(maps, model.image.presence_scale, model.image.presence_offset,
-                            floor=model.image.presence_floor)["presence"] >= 0.5).cpu()
+        pred = (model.image.slots(maps)["presence"] >= 0.5).cpu()
         true = torch.from_numpy(data.presence[idx]) > 0.5
         tp += int((pred & true).sum())
         fp += int((pred & ~true).sum())
@@ -350,7 +348,7 @@ def train_image(model, train: DenseSet, val: DenseSet | None, out: Path, cfg: Se
         idx = [rng.randrange(len(train)) for _ in range(cfg.batch_size)]
         batch = on_device.batch(idx, rng) if on_device is not None else make_batch(train, idx, rng)
         maps, _ = net(batch["x"].to(dev))
-        presence = image_slots(maps, net.presence_scale, net.presence_offset, floor=net.presence_floor)["presence"]
+        presence = net.slots(maps)["presence"]
         loss, parts = seg_loss(maps, presence, batch, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()

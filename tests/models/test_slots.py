@@ -271,3 +271,16 @@ def test_image_slots_use_the_floor_they_are_given():
     floor[t] = 0.1
     counted = image_slots(maps, torch.full((nt,), 3.0), off, floor=floor)["presence"][0, t].max()
     assert float(faint) < 0.01 < 0.99 < float(counted)
+
+
+def test_seg_encoder_slots_use_its_own_calibration():
+    net = SegEncoder().eval()
+    maps = torch.randn(2, sum(HEAD_SPLIT), 4, 6, 6)
+    with torch.no_grad():
+        net.presence_offset.fill_(0.5)
+        net.presence_floor[3] = 0.1
+        want = image_slots(maps, net.presence_scale, net.presence_offset, floor=net.presence_floor)
+        got = net.slots(maps)
+        default = image_slots(maps)
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.allclose(got["presence"], default["presence"])
