@@ -54,7 +54,7 @@ def image_attributes(enc: registry.Encoder, studies, batch: int = 8) -> torch.Te
 
 def _row(enc, studies, attributes: torch.Tensor) -> dict:
     with torch.no_grad():
-        image = enc.model.project(attributes).numpy().astype(np.float32)
+        image = enc.model.embed_image(attributes).numpy().astype(np.float32)
     r = evaluate_embeddings(enc, studies, image)
     return {"R@1": r["report_to_volume"]["en"]["R@1"], "R@10": r["report_to_volume"]["en"]["R@10"],
             "R@10 zh": r["report_to_volume"]["zh"]["R@10"], "mAP": r["phrase_to_volume"]["en"]["mAP"],
@@ -79,13 +79,19 @@ def pool_studies(enc: registry.Encoder, pool: Path) -> list:
                         workers=min(2, os.cpu_count() or 1))
 
 
-def main(argv=None) -> dict:
-    args = pool_arguments(__doc__, "ceiling.json", argv)
+def encoded_pool(args: argparse.Namespace, purpose: str) -> tuple[registry.Encoder, list, torch.Tensor]:
+    """The ctseg model of ``args.model``, the studies of ``args.pool`` and their attribute vectors, encoded
+    from pixels once (``purpose`` names the benchmark in the refusal of another architecture)."""
     enc = registry.Encoder(args.model)
     if enc.config["arch"] != "ctseg":
-        raise SystemExit(f"{args.model} holds a {enc.config['arch']!r} model; the ceiling is measured for ctseg.")
+        raise SystemExit(f"{args.model} holds a {enc.config['arch']!r} model; {purpose} is measured for ctseg.")
     studies = pool_studies(enc, args.pool)
-    model = image_attributes(enc, studies)
+    return enc, studies, image_attributes(enc, studies)
+
+
+def main(argv=None) -> dict:
+    args = pool_arguments(__doc__, "ceiling.json", argv)
+    enc, studies, model = encoded_pool(args, "the ceiling")
     labels = label_attributes(enc, studies)
     rows = {"model": _row(enc, studies, model), "labels": _row(enc, studies, labels)}
     for ftype in tqdm(vocab.FINDING_TYPES, desc="one type from the labels", unit="type"):
@@ -93,7 +99,7 @@ def main(argv=None) -> dict:
     others = [t for t in vocab.FINDING_TYPES if t != "nodule"]
     rows["+ all but nodule"] = _row(enc, studies, with_types_from(model, labels, others))
     with torch.no_grad():
-        image = enc.model.project(model)
+        image = enc.model.embed_image(model)
     result = {"pool": len(studies), "model": str(args.model), "model_version": enc.model_version, "rows": rows,
               "phrase_by_type": phrase_metrics_by_type(enc, studies, image, phrase_specs(studies))}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
         attributes = fold(enc.model, base, own, rules)
         row = _row(enc, studies, attributes)
         with torch.no_grad():
-            by_type = phrase_metrics_by_type(enc, studies, enc.model.project(attributes), specs)
+            by_type = phrase_metrics_by_type(enc, studies, enc.model.embed_image(attributes), specs)
         row["by type"] = {t: by_type[t]["nDCG@10"] for t in others if t in by_type}
         rows[name] = row
     result = {"pool": len(studies), "model": str(args.model), "model_version": enc.model_version,

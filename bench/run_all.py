@@ -24,12 +24,23 @@ HERE = Path(__file__).resolve().parent
 POOL = HERE / "results" / "pool_9001"
 
 
+#: The scorer is chosen on a training seed the shipped model never saw, never on the pool.
+TUNING = HERE / "results" / "train_1202"
+
+
+def _archive_args(folder: Path, seed: int, studies: int, quick: bool) -> list[str]:
+    if not (folder / "labels.jsonl").exists():
+        subprocess.run([sys.executable, "-m", "medsearch.cli", "synth", str(folder), "--studies",
+                        str(60 if quick else studies), "--seed", str(seed)], check=True)
+    return ["--pool", str(folder)]
+
+
 def _pool_args(quick: bool) -> list[str]:
-    if not (POOL / "labels.jsonl").exists():
-        n = "60" if quick else "1000"
-        subprocess.run([sys.executable, "-m", "medsearch.cli", "synth", str(POOL), "--studies", n,
-                        "--seed", "9001"], check=True)
-    return ["--pool", str(POOL)]
+    return _archive_args(POOL, 9001, 1000, quick)
+
+
+def _tuning_args(quick: bool) -> list[str]:
+    return _archive_args(TUNING, 1202, 600, quick)
 
 
 BENCHES = {
@@ -39,6 +50,7 @@ BENCHES = {
     "model": lambda q: _pool_args(q) + (["--repeats", "3"] if q else []),
     "ceiling": lambda q: _pool_args(q),
     "detector_types": lambda q: _pool_args(q),
+    "scorer": lambda q: _tuning_args(q),
     "model_compare": lambda q: ["--batch-size", "2"] if q else [],
     "index": lambda q: ["--quick"] if q else [],
     "search": lambda q: ["--series", "10000", "--studies", "12", "--skip-quality"] if q else [],

@@ -466,7 +466,7 @@ def search(inst, text: str, k: int = 10, filters: dict | None = None, user=None)
     return out
 
 
-def _series_vector(inst, series_pseudonym: str) -> tuple[np.ndarray, str, list[dict]]:
+def _series_vector(inst, series_pseudonym: str) -> tuple[np.ndarray, str, list[dict], str | None]:
     from sqlalchemy import select
 
     from medsearch.store.models import Series, Study, Volume
@@ -474,7 +474,7 @@ def _series_vector(inst, series_pseudonym: str) -> tuple[np.ndarray, str, list[d
     if not isinstance(series_pseudonym, str) or not series_pseudonym or len(series_pseudonym) > 64:
         raise InputError("The series identifier is not valid.", "Pass a series pseudonym from a search result.")
     with inst.sessions() as s:
-        row = s.execute(select(Volume.vector_id, Volume.embedding, Study.pseudonym)
+        row = s.execute(select(Volume.vector_id, Volume.embedding, Study.pseudonym, Volume.model_version)
                         .join(Series, Series.id == Volume.series_id).join(Study, Study.id == Series.study_id)
                         .where(Series.pseudonym == series_pseudonym)).first()
         if row is None or row.embedding is None:
@@ -482,7 +482,7 @@ def _series_vector(inst, series_pseudonym: str) -> tuple[np.ndarray, str, list[d
                                 "Pick a series from a search result; new series are searchable once encoded.")
         rows = search_rules.candidate_rows(s, [row.vector_id]) if row.vector_id is not None else {}
     findings = rows.get(row.vector_id, {}).get("findings", [])
-    return np.frombuffer(row.embedding, dtype=np.float32), row[2], findings
+    return np.frombuffer(row.embedding, dtype=np.float32), row[2], findings, row.model_version
 
 
 def findings_query(findings: list[dict], threshold: float = 0.5) -> dict:
@@ -499,12 +499,29 @@ def findings_query(findings: list[dict], threshold: float = 0.5) -> dict:
     return {"findings": out, "canonical": None, "unmatched": []}
 
 
+def _similarity_query(inst, vector: np.ndarray, findings: list[dict], model_version: str | None) -> np.ndarray:
+    """The query vector of "more like this": the series' own vector, unless the model that made it scores by
+    likelihood, whose image vectors only a text's weights read (then the text vector of a report of its
+    predicted findings, :meth:`~medsearch.models.registry.Encoder.similarity_query`)."""
+    from medsearch.models.registry import scored_by_likelihood
+
+    if not scored_by_likelihood(model_version):
+        return vector
+    encoder = _encoder(inst)
+    if encoder.model_version != model_version:
+        raise InputError("The series was encoded by another model than the one now configured.",
+                         "Re-encode the archive with the configured model ('medsearch ingest --encode-pending' "
+                         "after clearing the old embeddings; docs/model.md, \"Retraining\"), then ask again.")
+    return encoder.similarity_query(vector, findings)
+
+
 def _similar(inst, vector, findings, k, user, source: dict, exclude_study: str | None, audit_text: str,
-             filters: dict | None) -> dict:
+             filters: dict | None, model_version: str | None = None) -> dict:
     t0 = time.perf_counter()
     k = _check_k(k)
     filters = search_rules.normalise_filters(filters)
     parsed = findings_query(findings)
+    vector = _similarity_query(inst, vector, findings, model_version)
     results, total, w = _rank(inst, parsed, None, vector, k, filters, user, exclude_study=exclude_study,
                               use_reranker=False)
     out = {"query": {"similar_to": source, **parsed}, "results": results, "total": total, "weights": w,
@@ -519,9 +536,9 @@ def similar(inst, series_pseudonym: str, k: int = 10, user=None, filters: dict |
     The rules and ``filters`` apply as in :func:`search`.  Returns the same shape as
     :func:`search`, with ``query`` = {"similar_to": {"series": ...}, "findings": [...]}.
     """
-    vector, study, findings = _series_vector(inst, series_pseudonym)
+    vector, study, findings, version = _series_vector(inst, series_pseudonym)
     return _similar(inst, vector, findings, k, user, {"series": series_pseudonym}, study,
-                    f"similar:{series_pseudonym}", filters)
+                    f"similar:{series_pseudonym}", filters, version)
 
 
 def similar_to_upload(inst, dicom_files, k: int = 10, user=None, filters: dict | None = None) -> dict:
@@ -535,4 +552,5 @@ def similar_to_upload(inst, dicom_files, k: int = 10, user=None, filters: dict |
     from medsearch.search_upload import encode_upload
 
     vector, findings, n = encode_upload(inst, dicom_files)
-    return _similar(inst, vector, findings, k, user, {"upload": n}, None, f"similar:upload({n} files)", filters)
+    return _similar(inst, vector, findings, k, user, {"upload": n}, None, f"similar:upload({n} files)", filters,
+                    _encoder(inst).model_version)

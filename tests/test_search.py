@@ -236,3 +236,36 @@ def test_bad_filters(filters, message):
 def test_bad_search_input(sqlite_instance, text, k, message):
     with pytest.raises(InputError, match=message):
         S.search(sqlite_instance, text, k=k)
+
+
+@pytest.mark.parametrize("version, scored", [
+    (None, False), ("", False), ("ctseg-62358090f9cf", False), ("ctseg-62358090f9cf-n372441", False),
+    ("ctseg-62358090f9cf-n372441-s43ca4e", True), ("ctseg-62358090f9cf-int8-n372441-s43ca4e", True),
+])
+def test_which_model_versions_score_by_likelihood(version, scored):
+    from medsearch.models.registry import scored_by_likelihood
+
+    assert scored_by_likelihood(version) is scored
+
+
+class _LikelihoodEncoder:
+    model_version = "ctseg-000000000000-sabcdef"
+
+    def similarity_query(self, vector, findings):
+        self.seen = (vector, findings)
+        return np.full(len(vector), 7.0, dtype=np.float32)
+
+
+def test_more_like_this_asks_a_likelihood_model_for_its_query_and_refuses_another_models_vector(archive,
+                                                                                                monkeypatch):
+    enc = _LikelihoodEncoder()
+    monkeypatch.setattr(S, "_encoder", lambda inst: enc)
+    vec = unit(1.0, 0.2)
+    found = [finding("nodule", "left lower lobe", "left", "ground-glass", 21.0)]
+    out = S._similarity_query(archive, vec, found, enc.model_version)
+    assert (out == 7.0).all() and enc.seen[1] == found
+    # a projection model's vectors are their own query: the encoder is not even asked
+    assert S._similarity_query(archive, vec, found, "ctseg-000000000000") is vec
+    with pytest.raises(InputError, match="another model") as err:
+        S._similarity_query(archive, vec, found, "ctseg-111111111111-s123456")
+    assert "encode-pending" in str(err.value)

@@ -32,6 +32,24 @@ def split_clauses(canonical: str) -> list[str]:
     return out
 
 
+def negated_clauses(canonical: str) -> list[str]:
+    """The findings a canonical text negates ("no pneumothorax" -> "pneumothorax"), for the likelihood scorer
+    (:mod:`medsearch.models.likelihood`), which counts them as absent."""
+    out = []
+    for part in (canonical or "").split(","):
+        part = part.strip()
+        if part.startswith("no ") and part != NORMAL_PHRASE and part[3:].strip():
+            out.append(part[3:].strip())
+    return out
+
+
+def is_complete(canonical: str) -> bool:
+    """Whether a canonical text describes a whole study (a report): it says what is absent, or that nothing
+    is there.  A short query ("right lower lobe nodule") says nothing about the rest of the chest."""
+    parts = [p.strip() for p in (canonical or "").split(",")]
+    return any(p == NORMAL_PHRASE or p.startswith("no ") for p in parts)
+
+
 @functools.lru_cache(maxsize=1)
 def _site_lobes() -> dict[str, tuple[int, ...]]:
     """Lobes (indices in vocab.LOBES) each anatomy concept of the terminology covers; () = no lobe of its own."""

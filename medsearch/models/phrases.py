@@ -121,6 +121,21 @@ def report_canonical_from_labels(findings: list[dict]) -> str:
     return ", ".join(dict.fromkeys(phrases))
 
 
+def report_canonical_from_predictions(findings: list[dict], threshold: float = 0.5) -> str:
+    """Canonical text of a complete report of a series' predicted findings (those at least ``threshold``
+    likely; :mod:`medsearch.models.slot_findings`): the findings, then every finding type not among them
+    negated, so that it reads as a whole study ("more like this")."""
+    kept = [{"type": f.get("finding_type") or f.get("type"), "site": f.get("site"),
+             "laterality": f.get("laterality"), "density": f.get("density"), "diameter_mm": f.get("size_mm")}
+            for f in findings if float(f.get("probability", 1.0)) >= threshold]
+    kept = [f for f in kept if f["type"] in vocab.FINDING_TYPES]
+    if not kept:
+        return NORMAL_PHRASE
+    named = {f["type"] for f in kept}
+    absent = [f"no {t}" for t in vocab.FINDING_TYPES if t not in named]
+    return ", ".join([report_canonical_from_labels(kept)] + absent)
+
+
 # -- fallback normaliser: raw EN/ZH text -> canonical text (used only without medsearch.query)
 _EN_TYPE = {"nodule": "nodule", "nodules": "nodule", "mass": "mass", "ground-glass opacity": "ground-glass opacity",
             "ggo": "ground-glass opacity", "consolidation": "consolidation", "pleural effusion": "pleural effusion",

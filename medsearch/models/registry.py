@@ -101,6 +101,18 @@ class Encoder:
         self.nodule_detector = NoduleDetector.load(model_dir) if self.config["arch"] == "ctseg" else None
         if self.nodule_detector is not None:
             self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
+        if self.config.get("scorer") and self.config["arch"] == "ctseg":
+            from medsearch.models.likelihood import LikelihoodScorer
+
+            try:
+                model.scorer = LikelihoodScorer.from_config(self.config["scorer"])
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"The model in '{model_dir}' names a scorer this version cannot read ({exc}).",
+                                  "Remove 'scorer' from its config.json to score with its projection, or "
+                                  "retrain the model with this version.") from None
+            # the scorer decides the embeddings: vectors made with and without it are told apart
+            self.model_version += SCORER_MARK + hashlib.sha256(
+                json.dumps(self.config["scorer"], sort_keys=True).encode()).hexdigest()[:6]
         self._minilm = None
         self._pool = None
         self.dim = int(self.config["dim"])
@@ -192,8 +204,30 @@ class Encoder:
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Canonical phrases -> float32 (N, D), L2-normalised."""
         if self.config["arch"] == "ctseg":
-            return self.model.project(self.text_attributes(texts)).numpy().astype(np.float32)
+            return self._ctseg_texts(list(texts)).numpy().astype(np.float32)
         return self.model.encode_text(self.minilm(list(texts))).numpy().astype(np.float32)
+
+    def _ctseg_texts(self, texts: list[str]) -> torch.Tensor:
+        from medsearch.models.clauses import is_complete, negated_clauses, split_clauses
+
+        pos, neg = _clause_batch(texts, split_clauses), _clause_batch(texts, negated_clauses)
+        if self.model.scorer is None:
+            neg = ([], [])  # the projection does not read what a text negates: no MiniLM pass for it
+        feats = self.minilm(pos[0] + neg[0]) if pos[0] or neg[0] else torch.zeros(0, 384)
+        n_pos = len(pos[0])
+        return self.model.embed_texts(feats[:n_pos], torch.tensor(pos[1], dtype=torch.long), feats[n_pos:],
+                                      torch.tensor(neg[1], dtype=torch.long),
+                                      torch.tensor([is_complete(t) for t in texts], dtype=torch.bool))
+
+    def similarity_query(self, embedding: np.ndarray, findings: list[dict]) -> np.ndarray:
+        """The query vector of "more like this" for a series: its own embedding where image and text
+        vectors are alike (the projection), else the text vector of a report of its predicted findings (the
+        likelihood scorer's image vectors are log-probabilities, which only a text's weights read)."""
+        if getattr(self.model, "scorer", None) is None:
+            return np.asarray(embedding, dtype=np.float32)
+        from medsearch.models.phrases import report_canonical_from_predictions
+
+        return self.encode_texts([report_canonical_from_predictions(findings)])[0]
 
     @torch.no_grad()
     def text_attributes(self, texts: list[str]) -> torch.Tensor:
@@ -216,6 +250,27 @@ class Encoder:
 
             raise InputError("The text to encode is empty.", "Pass a non-empty canonical phrase.")
         return self.encode_texts([text])[0]
+
+
+#: Marks, in a model version, a model that scores by likelihood (:mod:`medsearch.models.likelihood`).
+SCORER_MARK = "-s"
+
+
+def scored_by_likelihood(model_version: str | None) -> bool:
+    """Whether vectors of ``model_version`` were made by a model that scores by likelihood (its image vectors
+    are log-probabilities, not comparable with one another)."""
+    # arch-weights[-int8][-n<detector>][-s<scorer>]: only the scorer's part starts with "s"
+    return bool(model_version) and any(p.startswith(SCORER_MARK[1:]) for p in model_version.split("-")[2:])
+
+
+def _clause_batch(texts: list[str], split) -> tuple[list[str], list[int]]:
+    """Every clause of ``texts`` that ``split`` yields, and the index of the text it came from."""
+    clauses, owner = [], []
+    for i, text in enumerate(texts):
+        for c in split(text):
+            clauses.append(c)
+            owner.append(i)
+    return clauses, owner
 
 
 def build_model(arch: str, dim: int, detail_width: int | None = None,

@@ -7,6 +7,9 @@ Text side: each clause of the canonical text through frozen MiniLM and the
 summed over the text's clauses.  Both vectors go through one trained linear
 projection (initialised as the identity, then tuned with InfoNCE) and are
 L2-normalised; the similarity is the inner product, as for every model here.
+A model may instead score with the likelihood of the text under the study's
+slots (:mod:`medsearch.models.likelihood`, the model's ``scorer``), also an
+inner product of unit vectors.
 """
 
 from __future__ import annotations
@@ -108,6 +111,9 @@ class SlotModel(nn.Module):
         self.proj = nn.Linear(FULL_ATTR_DIM, dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(0.0))
         self.dim = dim
+        #: None: the projection scores; else a :class:`~medsearch.models.likelihood.LikelihoodScorer`
+        #: (``config.json``'s ``scorer``; not a weight, so it is set after loading).
+        self.scorer = None
         self.reset_projection()
 
     def reset_projection(self) -> None:
@@ -120,6 +126,40 @@ class SlotModel(nn.Module):
 
     def project(self, attr: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.proj(attr), dim=-1)
+
+    def embed_image(self, attr: torch.Tensor) -> torch.Tensor:
+        """Unit image embeddings (B, dim) of attribute vectors, by the model's scorer."""
+        if self.scorer is None:
+            return self.project(attr)
+        from medsearch.models.likelihood import image_embedding
+
+        return image_embedding(attr, self.scorer, self.dim)
+
+    def clause_probabilities(self, feats: torch.Tensor, owner: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What the clause head reads in N clauses (MiniLM vectors (N, 384)): ``type`` (N, T + 1), a
+        distribution, and the compatibility ``lobes`` (N, L), ``density`` (N, D), ``size`` (N, Z); with
+        ``owner`` (N,), the text each clause belongs to."""
+        logits = self.clause(feats)
+        return {"type": torch.softmax(logits["type"], dim=-1), "lobes": torch.sigmoid(logits["lobes"]),
+                "density": torch.sigmoid(logits["density"]), "size": torch.sigmoid(logits["size"]),
+                "owner": owner}
+
+    def embed_texts(self, feats: torch.Tensor, owner: torch.Tensor, neg_feats: torch.Tensor,
+                    neg_owner: torch.Tensor, complete: torch.Tensor) -> torch.Tensor:
+        """Unit text embeddings (n, dim), by the model's scorer.
+
+        Args:
+            feats, owner: MiniLM vectors (N, 384) of the texts' positive clauses and the text of each (N,).
+            neg_feats, neg_owner: the same for the findings the texts negate (the projection ignores them).
+            complete: (n,) bool, the texts that describe a whole study (reports).
+        """
+        n = complete.shape[0]
+        if self.scorer is None:
+            return self.encode_clauses(feats, owner, n)
+        from medsearch.models.likelihood import text_embedding
+
+        return text_embedding(self.clause_probabilities(feats, owner), self.clause_probabilities(neg_feats, neg_owner),
+                              complete, self.scorer, self.dim)
 
     def image_attributes(self, slots: dict[str, torch.Tensor]) -> torch.Tensor:
         attr = attribute_vector(slots["presence"], slots["density"], slots["size"])
@@ -138,7 +178,7 @@ class SlotModel(nn.Module):
             maps, out = self._with_nodules(maps, out, nodules)
         out["maps"] = maps
         out["attributes"] = self.image_attributes(out)
-        out["embedding"] = self.project(out["attributes"])
+        out["embedding"] = self.embed_image(out["attributes"])
         nr, nt = HEAD_SPLIT[0], HEAD_SPLIT[1]
         probs = torch.cat([torch.sigmoid(maps[:, nr:nr + nt]), torch.softmax(maps[:, :nr], dim=1)], dim=1)
         out["spatial"] = F.max_pool3d(probs, self.spatial_pool, ceil_mode=True)
@@ -173,9 +213,8 @@ class SlotModel(nn.Module):
 
     def clause_attributes(self, feats: torch.Tensor) -> torch.Tensor:
         """Attribute vectors (N, ATTR_DIM) of clauses from their MiniLM vectors."""
-        logits = self.clause(feats)
-        slots = clause_slots(torch.softmax(logits["type"], dim=-1), torch.sigmoid(logits["lobes"]),
-                             torch.sigmoid(logits["density"]), torch.sigmoid(logits["size"]))
+        p = self.clause_probabilities(feats, torch.zeros(len(feats), dtype=torch.long))
+        slots = clause_slots(p["type"], p["lobes"], p["density"], p["size"])
         return attribute_vector(slots["presence"], slots["density"], slots["size"])
 
     def text_attributes(self, feats: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:

@@ -86,7 +86,7 @@ def test_label_vectors_of_a_small_pool_find_their_own_studies(encoder):
     assert attributes[0, -1] > 0.9 and attributes[1, -1] < 0.1          # the normal study, and not
     assert int(attributes[1, T:T + T * L].argmax()) == NODULE * L + RUL   # its surest slot is its own
     with torch.no_grad():
-        image = encoder.model.project(attributes)
+        image = encoder.model.embed_image(attributes)
     result = evaluate_embeddings(encoder, studies, image.numpy())
     assert result["report_to_volume"]["en"]["R@1"] == 1.0
     by_type = phrase_metrics_by_type(encoder, studies, image, phrase_specs(studies))

@@ -200,7 +200,10 @@ def test_the_encoder_runs_the_detector_of_its_model_folder(tmp_path):
     # a detector that calls every candidate a 10 mm nodule with certainty
     NoduleDetector(NoduleNet(width=4), scale=0.0, offset=12.0).save(model / NODULE_FILE)
     enc = Encoder(model)
-    assert enc.nodule_detector is not None and enc.model_version.startswith(bare.model_version + "-n")
+    # the detector's tag follows the weights' hash, before the scorer's (arch-weights-n<detector>-s<scorer>)
+    weights, scorer = bare.model_version.rsplit("-s", 1)
+    assert enc.nodule_detector is not None and enc.model_version.startswith(weights + "-n")
+    assert enc.model_version.endswith("-s" + scorer)
     st = generate_study(1101, 0, 128, findings=["nodule"])
     vol = HUVolume(st.hu, st.spacing, st.affine, "CT")
     out, before = enc.encode_volume(vol), bare.encode_volume(vol)

@@ -7,7 +7,7 @@ import torch
 
 from medsearch import vocab
 from medsearch.models.clause_head import CLAUSE_SPLIT, ClauseHead, clause_targets, size_bins_between
-from medsearch.models.clauses import clause_examples, lobes_for, split_clauses
+from medsearch.models.clauses import clause_examples, is_complete, lobes_for, negated_clauses, split_clauses
 from medsearch.models.image_tower_seg import HEAD_SPLIT, SegEncoder
 from medsearch.models.slot_model import FULL_ATTR_DIM, SlotModel
 from medsearch.models.slots import ATTR_DIM, D, L, T, Z, attribute_vector, image_slots, size_bins_of_log
@@ -160,6 +160,31 @@ def test_size_ranges_cover_the_bins_they_overlap(lo, hi, bins):
 ])
 def test_split_clauses_drops_negations(canonical, clauses):
     assert split_clauses(canonical) == clauses
+
+
+@pytest.mark.parametrize("canonical, negated, complete", [
+    ("right upper lobe 8 mm nodule", [], False),
+    ("right upper lobe 8 mm nodule, no pneumothorax, no lung nodule", ["pneumothorax", "lung nodule"], True),
+    ("no abnormality", [], True),
+    ("no", [], False),
+    ("", [], False),
+    ("left pleural effusion, no mediastinum lymphadenopathy", ["mediastinum lymphadenopathy"], True),
+])
+def test_negated_clauses_and_complete_texts(canonical, negated, complete):
+    assert negated_clauses(canonical) == negated
+    assert is_complete(canonical) is complete
+
+
+def test_a_report_of_predicted_findings_names_them_and_negates_the_other_types():
+    from medsearch.models.phrases import NORMAL_PHRASE, report_canonical_from_predictions
+
+    found = [{"finding_type": "nodule", "site": "right lower lobe", "density": "solid", "size_mm": 8.0,
+              "probability": 0.9},
+             {"finding_type": "pleural effusion", "site": None, "laterality": "left", "probability": 0.3}]
+    text = report_canonical_from_predictions(found)
+    assert "nodule" in split_clauses(text)[0] and "right lower lobe" in text and len(split_clauses(text)) == 1
+    assert set(negated_clauses(text)) == set(vocab.FINDING_TYPES) - {"nodule"} and is_complete(text)
+    assert report_canonical_from_predictions(found[1:]) == NORMAL_PHRASE
 
 
 def test_generated_clauses_are_deterministic_and_cover_every_type():

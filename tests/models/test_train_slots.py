@@ -69,6 +69,12 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     assert set(summary["reranker"]["keep"]) == {"phrase", "report"} and (tmp_path / "m" / "reranker.pt").exists()
     enc = registry.Encoder(tmp_path / "m")
     assert enc.config["arch"] == "ctseg" and len(enc.config["train_study_keys"]) == 6
+    # stage 3 kept the projection or a likelihood scorer of the grid, whichever validated better, and the model
+    # serves what it kept
+    kept = summary["scorer"]["kept"]
+    assert len(summary["scorer"]["likelihood"]) == 3
+    assert enc.config.get("scorer", "projection") == kept
+    assert (enc.model.scorer is None) == (kept == "projection")
     assert enc.config["detail_width"] == 8 and enc.model.image.detail is not None
     # stage 1c ran; its head is in the model exactly when validation kept it
     assert summary["focal"]["steps"] == 2
