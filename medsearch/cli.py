@@ -375,6 +375,28 @@ def _detector_types(text: str) -> tuple[str, ...]:
     return types
 
 
+def _model_config(model_dir: Path) -> tuple[Path, dict]:
+    """The config file of a model folder and what it holds, or a ConfigError naming the folder to pass."""
+    import json
+
+    from medsearch.models.train import CONFIG_FILE
+
+    config_file = model_dir / CONFIG_FILE
+    try:
+        return config_file, json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"'{model_dir}' holds no readable {CONFIG_FILE}.",
+                          "Pass the folder 'medsearch train --out' wrote.") from None
+
+
+def _record_in_config(config_file: Path, config: dict, key: str, summary: dict) -> None:
+    """Write a trained part's summary (without its config) into the model's config under ``key``."""
+    import json
+
+    config[key] = {k: v for k, v in summary.items() if k != "config"}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 @cli.command("train-nodules")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--synth-seed", default=1101, show_default=True,
@@ -393,21 +415,13 @@ def _detector_types(text: str) -> tuple[str, ...]:
                    "ground-glass opacity); the others add evidence beside the U-Net's.")
 def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidates, types_):
     """Train the nodule detector of a ctseg model (candidates on the scan's grid + a patch classifier)."""
-    import json
-
     from medsearch.models.evaluate import check_seed_disjoint
     from medsearch.models.nodule_detector import NODULE_FILE
-    from medsearch.models.train import CONFIG_FILE
     from medsearch.models.train_nodules import NoduleTrainConfig, build_examples, train_detector
 
     check_seed_disjoint([synth_seed])
     types = _detector_types(types_)
-    config_file = model_dir / CONFIG_FILE
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError):
-        raise ConfigError(f"'{model_dir}' holds no readable {CONFIG_FILE}.",
-                          "Pass the folder 'medsearch train --out' wrote.") from None
+    config_file, config = _model_config(model_dir)
     if config.get("arch") != "ctseg":
         raise ConfigError(f"'{model_dir}' holds a {config.get('arch')!r} model; the nodule detector is part of ctseg.",
                           "Train a ctseg model first ('medsearch train --arch ctseg').")
@@ -416,13 +430,54 @@ def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidat
     summary = {**summary, "synth_seed": synth_seed, "studies": studies}
     detector.summary = summary
     detector.save(model_dir / NODULE_FILE)
-    config["nodule_detector"] = {k: v for k, v in summary.items() if k != "config"}
-    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    _record_in_config(config_file, config, "nodule_detector", summary)
     val = summary["val"]
     click.echo(f"trained the nodule detector in {summary['seconds']:.0f} s on {summary['train_studies']} studies "
                f"({summary['train_positives']} nodule candidates of {summary['train_candidates']}): validation "
                f"candidate AUC {val['candidate_auc']:.3f}, study AUC {val['study_auc']:.3f}; written to "
                f"{model_dir / NODULE_FILE}")
+
+
+@cli.command("train-regions")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--synth-seed", default=1303, show_default=True,
+              help="Seed of the synthetic studies the classifier learns from (9000-9999 are refused).")
+@click.option("--studies", default=1200, show_default=True, type=click.IntRange(min=8),
+              help="Training studies to generate, with an atelectasis, a mass, a consolidation or nothing forced "
+                   "in, in turn.")
+@click.option("--calibration-studies", default=600, show_default=True, type=click.IntRange(min=8),
+              help="Further studies, as the archive plans them, for the calibration and the validation numbers.")
+@click.option("--steps", default=3000, show_default=True, type=click.IntRange(min=1),
+              help="Optimisation steps of the classifier.")
+@click.option("--seed", default=0, show_default=True, help="Seed of initialisation and sampling.")
+@click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
+def train_regions(model_dir, synth_seed, studies, calibration_studies, steps, seed, workers):
+    """Train the region classifier of a ctseg model (masses, consolidations, atelectasis by shape)."""
+    from medsearch.models.evaluate import check_seed_disjoint
+    from medsearch.models.nodule_detector import NODULE_FILE
+    from medsearch.models.region_classifier import REGION_FILE
+    from medsearch.models.train_regions import (RegionTrainConfig, build_examples, calibration_plan,
+                                                train_regions as fit, training_plan)
+
+    check_seed_disjoint([synth_seed])
+    config_file, config = _model_config(model_dir)
+    if config.get("arch") != "ctseg" or not (model_dir / NODULE_FILE).exists():
+        raise ConfigError(f"'{model_dir}' holds no ctseg model with a nodule detector; the region classifier "
+                          "works on the detector's grid and lung mask.",
+                          f"Train the detector first ('medsearch train-nodules {model_dir}').")
+    train = build_examples(synth_seed, training_plan(studies), workers=workers)
+    calib = build_examples(synth_seed, calibration_plan(calibration_studies, studies), workers=workers,
+                           desc="calibration components")
+    clf, summary = fit(train, calib, RegionTrainConfig(steps=steps, seed=seed))
+    summary = {**summary, "synth_seed": synth_seed, "studies": studies}
+    clf.summary = summary
+    clf.save(model_dir / REGION_FILE)
+    _record_in_config(config_file, config, "region_classifier", summary)
+    val = "; ".join(f"{t} study AUC {v['study_auc']:.3f}" for t, v in summary["val"].items()
+                    if v["study_auc"] is not None)
+    click.echo(f"trained the region classifier in {summary['seconds']:.0f} s on {summary['train_studies']} studies "
+               f"({summary['train_components']} components); validation on {summary['calibration_studies']} "
+               f"studies: {val}; written to {model_dir / REGION_FILE}")
 
 
 @cli.command("eval")

@@ -98,6 +98,25 @@ def test_train_nodules_needs_a_ctseg_model_folder(tmp_path, config, message):
     assert not (tmp_path / "nodule.pt").exists()
 
 
+def test_train_regions_refuses_an_evaluation_seed(tmp_path):
+    result = CliRunner().invoke(cli, ["train-regions", str(tmp_path), "--synth-seed", "9001"])
+    assert result.exit_code != 0 and "reserved for evaluation" in result.output
+    assert not (tmp_path / "regions.pt").exists()
+
+
+@pytest.mark.parametrize("config, detector, message", [(None, False, "holds no readable config.json"),
+                                                       ('{"arch": "ctnet"}', True, "no ctseg model"),
+                                                       ('{"arch": "ctseg"}', False, "train-nodules")])
+def test_train_regions_needs_a_ctseg_model_with_a_detector(tmp_path, config, detector, message):
+    if config is not None:
+        (tmp_path / "config.json").write_text(config)
+    if detector:
+        (tmp_path / "nodule.pt").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["train-regions", str(tmp_path), "--studies", "8"])
+    assert result.exit_code != 0 and message in result.output
+    assert not (tmp_path / "regions.pt").exists()
+
+
 @pytest.mark.parametrize("types", ["cavity", "nodule,lesion", "nodule,cavity,cavity", ""])
 def test_train_nodules_refuses_types_it_cannot_score(tmp_path, types):
     (tmp_path / "config.json").write_text('{"arch": "ctseg"}')

@@ -344,6 +344,8 @@ def detector_digest(detector) -> str:
                           + (f",{detector.max_candidates}".encode() if detector.max_candidates != MAX_CANDIDATES
                              else b"")
                           + "".join(f",{t}:{a},{b}" for t, (a, b) in sorted(detector.calibration.items())).encode()
+                          # its region classifier's evidence is in the same files
+                          + (detector.regions.digest() if getattr(detector, "regions", None) is not None else b"")
                           ).hexdigest()[:12]
 
 

@@ -101,8 +101,8 @@ def group_of(lobes: torch.Tensor, threshold: float = 0.5) -> int:
 
 def slots_from_attributes(attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Presence (B, T, L), density (B, T, L, D) and size (B, T, L, Z) back from attribute vectors
-    (:func:`~medsearch.models.slots.attribute_vector`, which stores presence x distribution); a slot
-    without presence gets even distributions."""
+    (:func:`~medsearch.models.slots.attribute_vector`, which stores presence x distribution, i.e. the joint
+    probability of the type and each value); a slot without presence gets even distributions."""
     b = attr.shape[0]
     dens, size = T + T * L, T + T * L + T * L * D
     presence = attr[:, T:dens].reshape(b, T, L).clamp(0.0, 1.0)
@@ -110,8 +110,12 @@ def slots_from_attributes(attr: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     pz = attr[:, size:size + T * L * Z].reshape(b, T, L, Z)
 
     def dist(block: torch.Tensor, k: int) -> torch.Tensor:
+        # presence x distribution is a joint probability: the U-Net's distributions sum to one, the nodule
+        # detector's per-bin noisy-ORs need not (nodule_detector.nodule_slots), so divide by the presence
         total = block.sum(-1, keepdim=True)
-        return torch.where(total > 1e-6, block / total.clamp_min(1e-6), torch.full_like(block, 1.0 / k))
+        held = (total > 1e-6) & (presence[..., None] > 1e-6)
+        return torch.where(held, (block / presence[..., None].clamp_min(1e-6)).clamp(max=1.0),
+                           torch.full_like(block, 1.0 / k))
 
     return presence, dist(pd, D), dist(pz, Z)
 

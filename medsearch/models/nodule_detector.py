@@ -17,7 +17,10 @@ detections travel as
 :attr:`NoduleEvidence.others` and raise the U-Net's slots and channel of that type.
 
 A model folder holds the detector as ``nodule.pt`` (weights, calibration, summary);
-without one the tower is the U-Net alone, as in models trained before it existed.
+without one the tower is the U-Net alone, as in models trained before it existed.  Beside it, a
+region classifier (``regions.pt``, :mod:`medsearch.models.region_classifier`) may classify the lungs' dense
+components on the same grid and with the same lung mask: its masses, consolidations and atelectasis travel in
+:attr:`NoduleEvidence.others` as well.
 """
 
 from __future__ import annotations
@@ -64,6 +67,9 @@ class Detections:
     lungs: LungGrid | None = None
     #: other detected type -> (N,) calibrated probability that a finding of that type is there
     others: dict | None = None
+    #: the region classifier's components (:class:`~medsearch.models.region_classifier.RegionDetections`,
+    #: indices on the scan's grid), or None
+    regions: object | None = None
 
     def __len__(self) -> int:
         return len(self.probability)
@@ -144,6 +150,8 @@ class NoduleDetector:
             raise ValueError(f"types {self.types} do not match a net scoring {net.types} type(s), nodule first")
         self.calibration = {t: (float(a), float(b)) for t, (a, b) in (calibration or {}).items()}
         self.calibration.update({t: (1.0, 0.0) for t in self.types[1:] if t not in self.calibration})
+        #: the region classifier of the same model folder (``regions.pt``), or None
+        self.regions = None
 
     # ------------------------------------------------------------------ files
     def save(self, path: Path) -> None:
@@ -172,15 +180,19 @@ class NoduleDetector:
             net = NoduleNet(**blob["config"])
             net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
             cal = blob.get("calibration", {})
-            return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
-                       int(blob.get("max_candidates", MAX_CANDIDATES)), tuple(blob.get("types", DETECTED_TYPES[:1])),
-                       {t: (c["scale"], c["offset"]) for t, c in blob.get("type_calibration", {}).items()})
+            det = cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
+                      int(blob.get("max_candidates", MAX_CANDIDATES)), tuple(blob.get("types", DETECTED_TYPES[:1])),
+                      {t: (c["scale"], c["offset"]) for t, c in blob.get("type_calibration", {}).items()})
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             from medsearch.errors import ConfigError
 
             raise ConfigError(f"The nodule detector '{path}' cannot be read ({type(exc).__name__}).",
                               "Retrain it ('medsearch train-nodules MODEL_DIR') or remove the file to run "
                               "the model without it.") from None
+        from medsearch.models.region_classifier import RegionClassifier
+
+        det.regions = RegionClassifier.load(model_dir)
+        return det
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -212,7 +224,12 @@ class NoduleDetector:
         p, diameter, density, others = self.score_types(extract_patches(grid, tuple(sp), cands.index),
                                                         cands.features())
         index = cands.index * step + (step - 1) / 2.0
-        return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step), others or None)
+        regions = None
+        if self.regions is not None:
+            regions = self.regions.detect(grid, tuple(sp), lungs)
+            regions.index = regions.index * step + (step - 1) / 2.0
+        return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step), others or None,
+                          regions)
 
     def evidence(self, vol, canon_affine: np.ndarray) -> NoduleEvidence:
         """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
@@ -233,8 +250,24 @@ def as_evidence(det: Detections, native_affine: np.ndarray, canon_affine: np.nda
 
     keep = det.probability >= MIN_PROBABILITY
     others = {t: part(p >= MIN_PROBABILITY, p) for t, p in det.others.items()} if det.others else None
+    if det.regions is not None and len(det.regions):
+        others = {**(others or {}), **region_evidence(det.regions, native_affine, canon_affine)}
     return replace(part(keep, det.probability), lungs=det.lungs, weak=part(~keep, det.probability),
                    others=others)
+
+
+def region_evidence(regions, native_affine: np.ndarray, canon_affine: np.ndarray) -> dict:
+    """Region type -> :class:`NoduleEvidence` of the region classifier's components (those at least
+    :data:`MIN_PROBABILITY` likely; their density is solid, as every region type's is)."""
+    half = native_to_half(regions.index, native_affine, canon_affine).reshape(-1, 3)
+    logsize = np.log(np.maximum(regions.diameter_mm, 1.0)).astype(np.float32)
+    solid = np.zeros((len(regions), len(vocab.DENSITIES)), np.float32)
+    solid[:, vocab.DENSITIES.index("solid")] = 1.0
+    out = {}
+    for t, p in regions.probability.items():
+        sel = p >= MIN_PROBABILITY
+        out[t] = NoduleEvidence(half[sel], p[sel], logsize[sel], solid[sel], regions.index[sel].reshape(-1, 3))
+    return out
 
 
 def scan_lungs(hu: np.ndarray, spacing) -> LungGrid:
@@ -287,8 +320,9 @@ def nodule_slots(ev: NoduleEvidence, region: torch.Tensor) -> dict[str, torch.Te
     """Nodule slots of one study from its evidence.
 
     A detection at a cell belongs to each lobe by the U-Net's region probability there; a
-    slot's presence is the noisy-OR of its detections, its density and size their weighted
-    means.
+    slot's presence is the noisy-OR of its detections, and the probability of each density and
+    size bin the noisy-OR of the detections' share in it, divided by the presence (so the attribute
+    vector's presence x distribution is the joint probability; it need not sum to one).
 
     Args:
         region: (L, z, y, x) lobe probabilities of the study (the region softmax without background).
@@ -305,12 +339,19 @@ def nodule_slots(ev: NoduleEvidence, region: torch.Tensor) -> dict[str, torch.Te
     w = torch.from_numpy(ev.probability).to(r)[:, None] * r                          # (N, L)
     presence = 1.0 - torch.prod(1.0 - w.clamp(0, 1), dim=0)
     norm = w.sum(0).clamp_min(1e-6)
-    density = (w.T @ torch.from_numpy(ev.density).to(r)) / norm[:, None]
     logsize = (w.T @ torch.from_numpy(ev.logsize).to(r)) / norm
     flat = torch.full((len(vocab.DENSITIES),), 1.0 / len(vocab.DENSITIES)).to(r)
     weak = w.sum(0) < 1e-3
-    density = torch.where(weak[:, None], flat, density)
-    size = size_bins_of_log(logsize)
+    # density and size per bin as the noisy-OR of the detections that have them, over the presence, so that
+    # presence x distribution is P(a nodule of this size in the lobe): a faint small nodule beside a surer large
+    # blob keeps its own bin rather than the mean of the two (docs/model.md, "Per-bin nodule evidence")
+    q = size_bins_of_log(torch.from_numpy(ev.logsize).to(r))                                 # (N, Z)
+    dd = torch.from_numpy(ev.density).to(r)                                                  # (N, D)
+    size = 1.0 - torch.prod(1.0 - (w[:, :, None] * q[:, None, :]).clamp(0, 1), dim=0)        # (L, Z)
+    joint_d = 1.0 - torch.prod(1.0 - (w[:, :, None] * dd[:, None, :]).clamp(0, 1), dim=0)    # (L, D)
+    held = ~weak[:, None]
+    size = torch.where(held, size / presence.clamp_min(1e-6)[:, None], size_bins_of_log(logsize))
+    density = torch.where(held, joint_d / presence.clamp_min(1e-6)[:, None], flat)
     return {"presence": presence, "density": density, "size": size}
 
 
@@ -348,4 +389,4 @@ def paint_other(maps: torch.Tensor, ev: NoduleEvidence, channel: int) -> torch.T
 
 
 __all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "as_evidence",
-           "located", "native_to_half", "nodule_slots", "paint", "paint_other"]
+           "located", "native_to_half", "nodule_slots", "paint", "paint_other", "region_evidence"]

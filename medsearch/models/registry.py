@@ -101,6 +101,8 @@ class Encoder:
         self.nodule_detector = NoduleDetector.load(model_dir) if self.config["arch"] == "ctseg" else None
         if self.nodule_detector is not None:
             self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
+            if (model_dir / "regions.pt").exists():
+                self.model_version += "-r" + hashlib.sha256((model_dir / "regions.pt").read_bytes()).hexdigest()[:6]
         if self.config.get("scorer") and self.config["arch"] == "ctseg":
             from medsearch.models.likelihood import LikelihoodScorer
 

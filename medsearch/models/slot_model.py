@@ -70,13 +70,26 @@ def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
 
 
 def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None) -> None:
-    """Fold the detector's slots ``own`` of type ``t`` (a cavity, a ground-glass opacity) into study ``b``'s
-    U-Net slots, in place.  Presence is the larger of the two: the U-Net sees a finding's extent and the
-    detector the native pixels of a cavity's wall or a faint opacity, so each finds what the other misses
-    (docs/model.md, "Cavities and ground glass from the detector"); density and size stay the U-Net's."""
-    if own is None:
-        return
-    slots["presence"][b, t] = torch.maximum(slots["presence"][b, t], own["presence"])
+    """Fold the detector's slots ``own`` of type ``t`` (a cavity, a ground-glass opacity; the region
+    classifier's atelectasis, mass, consolidation) into study ``b``'s U-Net slots, in place, by the type's rule
+    (:data:`~medsearch.models.region_classifier.MERGE`, "max" where it names none):
+
+    - "max": the larger of the two presences. The U-Net sees a finding's extent and the detector the native
+      pixels of a cavity's wall, a faint opacity or a thin plate, so each finds what the other misses (docs/
+      model.md, "Cavities and ground glass from the detector");
+    - "geo": their geometric mean, for a type both find but each confuses with another (masses, which the
+      U-Net calls consolidations and the region classifier misses at the pleura): a slot needs both. With no
+      evidence of the type at all, the presence is zero.
+
+    Density and size stay the U-Net's."""
+    from medsearch.models.region_classifier import MERGE
+
+    rule = MERGE.get(vocab.FINDING_TYPES[t], "max")
+    if rule == "geo":
+        mine = own["presence"] if own is not None else torch.zeros_like(slots["presence"][b, t])
+        slots["presence"][b, t] = (slots["presence"][b, t] * mine).sqrt()
+    elif own is not None:
+        slots["presence"][b, t] = torch.maximum(slots["presence"][b, t], own["presence"])
 
 
 class SlotModel(nn.Module):

@@ -656,21 +656,25 @@ def train_ctseg(out: Path, synth_seeds: list[int], synth_studies: int, archives:
 
 
 def _carry_nodule_detector(init: Path, out: Path) -> None:
-    """Copy the nodule detector of the ``--init`` model into ``out``: it reads the scan's own pixels, not
-    the tower's, so a fine-tuned tower keeps it (``medsearch train-nodules`` retrains it)."""
+    """Copy the nodule detector of the ``--init`` model, and its region classifier, into ``out``: they read
+    the scan's own pixels, not the tower's, so a fine-tuned tower keeps them (``medsearch train-nodules`` and
+    ``medsearch train-regions`` retrain them)."""
     import shutil
 
     from medsearch.models.nodule_detector import NODULE_FILE
+    from medsearch.models.region_classifier import REGION_FILE
     from medsearch.models.train import CONFIG_FILE
 
     if not (init / NODULE_FILE).exists() or init.resolve() == out.resolve():
         return
-    shutil.copyfile(init / NODULE_FILE, out / NODULE_FILE)
-    source = json.loads((init / CONFIG_FILE).read_text()).get("nodule_detector")
-    if source is not None:
-        config = json.loads((out / CONFIG_FILE).read_text())
-        config["nodule_detector"] = {**source, "carried_from": init.name}
-        (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    source = json.loads((init / CONFIG_FILE).read_text())
+    config = json.loads((out / CONFIG_FILE).read_text())
+    for name, key in ((NODULE_FILE, "nodule_detector"), (REGION_FILE, "region_classifier")):
+        if (init / name).exists():
+            shutil.copyfile(init / name, out / name)
+            if source.get(key) is not None:
+                config[key] = {**source[key], "carried_from": init.name}
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
 # --------------------------------------------------------------------------- stage 4 (issue 7)

@@ -155,6 +155,15 @@ def test_slots_come_back_from_the_attribute_vector():
     assert torch.allclose(d[0, NODULE], torch.full((L, D), 1 / D))
 
 
+def test_a_joint_that_need_not_sum_to_one_comes_back_as_it_was_stored():
+    # the nodule detector stores presence x (per-bin noisy-OR / presence): the joint P(type, bin)
+    presence, density, size = _studies()
+    presence[:, NODULE] = 0.5
+    size[:, NODULE] = torch.tensor([0.8, 0.0, 0.0, 0.0, 0.6])[:Z]        # sums to more than one
+    _, _, z = slots_from_attributes(attribute_vector(presence, density, size))
+    assert torch.allclose(z[:, NODULE], size[:, NODULE], atol=1e-5)
+
+
 def test_features_stay_finite_at_certain_slots():
     presence, density, size = _studies()
     presence[:, :, :] = 1.0

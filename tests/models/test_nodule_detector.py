@@ -145,6 +145,22 @@ def test_nodule_slots_are_the_noisy_or_of_the_detections_in_each_lobe():
     assert nodule_slots(NoduleEvidence.empty(), region) is None
 
 
+def test_a_faint_small_nodule_keeps_its_own_size_bin_beside_a_surer_large_one():
+    region = torch.zeros(len(vocab.LOBES), 4, 6, 6)
+    a = vocab.LOBES.index("right lower lobe")
+    region[a] = 1.0
+    ev = _evidence([[1, 1, 1], [2, 2, 2]], [0.9, 0.3], diameter=40.0, density=0)
+    ev.logsize[1], ev.density[1] = np.log(4.0), np.eye(len(vocab.DENSITIES))[2]
+    slots = nodule_slots(ev, region)
+    presence = slots["presence"][a].item()
+    assert presence == pytest.approx(1 - 0.1 * 0.7)
+    joint_size = presence * slots["size"][a]                     # P(a nodule of that size in the lobe)
+    assert joint_size[vocab.size_bin(40.0)].item() == pytest.approx(0.9, abs=0.03)   # soft bins
+    assert joint_size[vocab.size_bin(4.0)].item() == pytest.approx(0.3, abs=0.03)   # not diluted into a mean
+    joint_density = presence * slots["density"][a]
+    assert joint_density[0].item() == pytest.approx(0.9, abs=1e-4) and joint_density[2].item() == pytest.approx(0.3, abs=1e-4)
+
+
 def test_paint_replaces_the_nodule_channel_and_sets_density_and_size_where_sure():
     maps = torch.zeros(sum(HEAD_SPLIT), 4, 6, 6)
     ev = _evidence([[1, 2, 3], [3.4, 5.6, 0.2]], [0.9, 0.2], diameter=12.0, density=3)
@@ -343,9 +359,85 @@ def test_the_slot_model_folds_the_other_types_into_the_unets_slots():
     own = nodule_slots(ev.others["cavity"], region)["presence"]
     assert torch.allclose(out["presence"][0, cavity], torch.maximum(plain["presence"][0, cavity], own))
     assert (out["presence"][0, cavity] > plain["presence"][0, cavity]).any()
-    assert torch.equal(out["presence"][0, mass], plain["presence"][0, mass])   # nothing found: the U-Net's
+    assert (out["presence"][0, mass] == 0).all()      # masses merge by the geometric mean: none found, none kept
     assert torch.equal(out["density"], plain["density"]) and torch.equal(out["size"], plain["size"])
     assert not torch.equal(out["embedding"], plain["embedding"])
     # the findings and key slices follow: the cavity channel is raised to the detection's logit at its cell
     assert out["maps"][0, NR + cavity, 2, 5, 5] >= np.log(0.99 / 0.01) - 1e-4
     assert torch.equal(out["maps"][0, NR + mass], plain["maps"][0, NR + mass])
+
+
+def _with_regions(mass: float) -> NoduleDetector:
+    """A nodule-only detector with a region classifier that calls every component a mass with logit ``mass``
+    and nothing else."""
+    from medsearch.models.region_classifier import RegionClassifier, RegionNet
+
+    torch.manual_seed(0)
+    det = NoduleDetector(NoduleNet(width=4))
+    det.regions = RegionClassifier(RegionNet(hidden=8), {"mass": (0.0, mass), "atelectasis": (0.0, -12.0),
+                                                         "consolidation": (0.0, -12.0)})
+    return det
+
+
+def test_the_region_classifiers_components_travel_as_evidence_of_each_region_type():
+    from medsearch.dicom.volume import HUVolume
+    from medsearch.models.preprocess import to_canonical
+    from medsearch.synth.study import generate_study
+
+    det = _with_regions(12.0)
+    st = generate_study(1303, 5, 128, findings=["mass"])
+    vol = HUVolume(st.hu, st.spacing, st.affine, "CT")
+    _, affine = to_canonical(vol)
+    found = det.detect(st.hu, st.spacing).regions
+    assert len(found) >= 1 and (found.index >= 0).all() and (found.index < np.asarray(st.hu.shape)).all()
+    ev = det.evidence(vol, affine)
+    assert {"mass", "atelectasis", "consolidation"} <= set(ev.others)
+    assert len(ev.others["mass"]) == len(found) and len(ev.others["atelectasis"]) == 0
+    assert np.allclose(ev.others["mass"].native, found.index)
+    assert np.allclose(ev.others["mass"].logsize, np.log(found.diameter_mm))
+    # the mass's labelled centre lies within one component's extent
+    centre_native = np.linalg.solve(st.affine, np.r_[st.labels["findings"][0]["center_mm"], 1.0])
+    assert np.min(np.abs(found.index - centre_native[[2, 1, 0]]).max(axis=1)) < 12
+    assert _with_regions(-12.0).evidence(vol, affine).others["mass"].probability.size == 0
+
+
+def test_a_region_classifier_beside_the_detector_is_loaded_and_named(tmp_path):
+    import shutil
+
+    from medsearch.models.data import detector_digest
+    from medsearch.models.region_classifier import REGION_FILE
+    from medsearch.models.registry import DEFAULT_MODEL_DIR, Encoder
+
+    model = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL_DIR, model)
+    (model / REGION_FILE).unlink(missing_ok=True)
+    plain = NoduleDetector.load(model)
+    assert plain.regions is None
+    _with_regions(0.0).regions.save(model / REGION_FILE)
+    det = NoduleDetector.load(model)
+    assert det.regions is not None and det.regions.calibration["mass"] == (0.0, 0.0)
+    assert detector_digest(det) != detector_digest(plain)                # its evidence is cached apart
+    import hashlib
+
+    tag = "-r" + hashlib.sha256((model / REGION_FILE).read_bytes()).hexdigest()[:6]
+    with_regions = Encoder(model).model_version
+    (model / REGION_FILE).unlink()
+    without = Encoder(model).model_version
+    assert tag in with_regions and "-r" not in without
+    assert with_regions.replace(tag, "") == without                      # only the tag tells them apart
+
+
+def test_masses_need_both_the_unet_and_the_region_classifier():
+    from medsearch.models.region_classifier import MERGE
+    from medsearch.models.slot_model import merge_other
+
+    assert MERGE["mass"] == "geo" and MERGE.get("atelectasis", "max") == "max"
+    mass, atel = vocab.FINDING_TYPES.index("mass"), vocab.FINDING_TYPES.index("atelectasis")
+    slots = {"presence": torch.full((1, len(vocab.FINDING_TYPES), len(vocab.LOBES)), 0.64)}
+    own = {"presence": torch.full((len(vocab.LOBES),), 0.25)}
+    merge_other(slots, 0, mass, own)
+    merge_other(slots, 0, atel, own)
+    assert torch.allclose(slots["presence"][0, mass], torch.full((len(vocab.LOBES),), 0.4))   # sqrt(0.64 x 0.25)
+    assert torch.allclose(slots["presence"][0, atel], torch.full((len(vocab.LOBES),), 0.64))  # the larger
+    merge_other(slots, 0, atel, None)                                                       # nothing found
+    assert torch.allclose(slots["presence"][0, atel], torch.full((len(vocab.LOBES),), 0.64))

@@ -94,8 +94,13 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     from medsearch.models.nodule_net import NoduleNet
 
     NoduleDetector(NoduleNet(width=4), 1.0, -2.0, {"steps": 3}).save(tmp_path / "m" / NODULE_FILE)
+    # and its region classifier too
+    from medsearch.models.region_classifier import REGION_FILE, RegionClassifier, RegionNet
+
+    RegionClassifier(RegionNet(hidden=8), {"mass": (0.5, -1.0)}).save(tmp_path / "m" / REGION_FILE)
     config_m = json.loads((tmp_path / "m" / "config.json").read_text())
-    (tmp_path / "m" / "config.json").write_text(json.dumps({**config_m, "nodule_detector": {"steps": 3}}))
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**config_m, "nodule_detector": {"steps": 3},
+                                                            "region_classifier": {"steps": 5}}))
     # --steps 0 --init: the tower's weights stay; calibration (with its floors) and the later stages refit
     again = train_ctseg(tmp_path / "r", [1003], 6, cfg=SlotTrainConfig(**{**cfg.__dict__, "seg": SegConfig(
         steps=0, batch_size=2), "focal": FocalConfig(steps=0)}), progress=False, workers=1, detail_width=8, grid="fine", init=tmp_path / "m")
@@ -109,6 +114,9 @@ def test_train_ctseg_end_to_end_writes_a_model_the_registry_serves(tmp_path):
     assert len(list(evidence.glob("dense-1003-*.npz"))) == 6
     config = registry.Encoder(tmp_path / "r").config
     assert config["nodule_detector"] == {"steps": 3, "carried_from": "m"}
+    assert config["region_classifier"] == {"steps": 5, "carried_from": "m"}
+    assert (tmp_path / "r" / REGION_FILE).read_bytes() == (tmp_path / "m" / REGION_FILE).read_bytes()
+    assert registry.Encoder(tmp_path / "r").nodule_detector.regions.calibration["mass"] == (0.5, -1.0)
     assert [r["image"]["steps"] for r in config["lineage"]] == [2] and config["lineage"][0]["grid"] == "fine"
     assert set(config["train_study_keys"]) == set(enc.config["train_study_keys"])
     assert set(again["calibration"]["floor"]) == set(vocab.FINDING_TYPES)
