@@ -102,7 +102,12 @@ class Encoder:
         if self.nodule_detector is not None:
             self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
             if (model_dir / "regions.pt").exists():
-                self.model_version += "-r" + hashlib.sha256((model_dir / "regions.pt").read_bytes()).hexdigest()[:6]
+                from medsearch.models.region_classifier import EXPLAINED_BY, MERGE
+
+                # how its evidence meets the U-Net's slots decides the vectors as much as its weights do
+                rules = json.dumps([MERGE, EXPLAINED_BY], sort_keys=True).encode()
+                self.model_version += "-r" + hashlib.sha256((model_dir / "regions.pt").read_bytes()
+                                                            + rules).hexdigest()[:6]
         if self.config.get("scorer") and self.config["arch"] == "ctseg":
             from medsearch.models.likelihood import LikelihoodScorer
 

@@ -69,7 +69,8 @@ def with_normal(attr: torch.Tensor, finding_mass: torch.Tensor) -> torch.Tensor:
     return torch.cat([attr, (1.0 - finding_mass).clamp(0.0, 1.0)[:, None]], dim=1)
 
 
-def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None) -> None:
+def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None,
+                explaining: torch.Tensor | None = None) -> None:
     """Fold the detector's slots ``own`` of type ``t`` (a cavity, a ground-glass opacity; the region
     classifier's atelectasis, mass, consolidation) into study ``b``'s U-Net slots, in place, by the type's rule
     (:data:`~medsearch.models.region_classifier.MERGE`, "max" where it names none):
@@ -81,15 +82,24 @@ def merge_other(slots: dict[str, torch.Tensor], b: int, t: int, own: dict | None
       U-Net calls consolidations and the region classifier misses at the pleura): a slot needs both. With no
       evidence of the type at all, the presence is zero.
 
+    ``explaining`` (L,), where given, is the detector's presence of the type that explains this one's U-Net
+    presence away (:data:`~medsearch.models.region_classifier.EXPLAINED_BY`): the U-Net's presence is first
+    multiplied by ``1 - explaining``, since what the classifier calls a mass the U-Net calls a consolidation.
+
     Density and size stay the U-Net's."""
     from medsearch.models.region_classifier import MERGE
 
     rule = MERGE.get(vocab.FINDING_TYPES[t], "max")
+    unet = slots["presence"][b, t]
+    if explaining is not None:
+        unet = unet * (1.0 - explaining.clamp(0.0, 1.0))
     if rule == "geo":
-        mine = own["presence"] if own is not None else torch.zeros_like(slots["presence"][b, t])
-        slots["presence"][b, t] = (slots["presence"][b, t] * mine).sqrt()
+        mine = own["presence"] if own is not None else torch.zeros_like(unet)
+        slots["presence"][b, t] = (unet * mine).sqrt()
     elif own is not None:
-        slots["presence"][b, t] = torch.maximum(slots["presence"][b, t], own["presence"])
+        slots["presence"][b, t] = torch.maximum(unet, own["presence"])
+    else:
+        slots["presence"][b, t] = unet
 
 
 class SlotModel(nn.Module):
@@ -200,6 +210,7 @@ class SlotModel(nn.Module):
     @staticmethod
     def _with_nodules(maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
         from medsearch.models.nodule_detector import nodule_slots, paint, paint_other
+        from medsearch.models.region_classifier import EXPLAINED_BY
 
         nr, nt, nd, _ = HEAD_SPLIT
         t = vocab.FINDING_TYPES.index("nodule")
@@ -217,9 +228,12 @@ class SlotModel(nn.Module):
                 for k in ("presence", "density", "size"):
                     slots[k][b, t] = own[k]
             one = paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd)
+            # every type's own slots first: a type's U-Net presence may be explained away by another's
+            owns = {ftype: nodule_slots(other, region[b]) for ftype, other in (ev.others or {}).items()}
             for ftype, other in (ev.others or {}).items():
                 k = vocab.FINDING_TYPES.index(ftype)
-                merge_other(slots, b, k, nodule_slots(other, region[b]))
+                by = owns.get(EXPLAINED_BY.get(ftype))
+                merge_other(slots, b, k, owns[ftype], by["presence"] if by is not None else None)
                 one = paint_other(one, other, nr + k)
             painted.append(one)
         return torch.stack(painted), slots

@@ -419,7 +419,12 @@ def test_a_region_classifier_beside_the_detector_is_loaded_and_named(tmp_path):
     assert detector_digest(det) != detector_digest(plain)                # its evidence is cached apart
     import hashlib
 
-    tag = "-r" + hashlib.sha256((model / REGION_FILE).read_bytes()).hexdigest()[:6]
+    import json
+
+    from medsearch.models.region_classifier import EXPLAINED_BY, MERGE
+
+    rules = json.dumps([MERGE, EXPLAINED_BY], sort_keys=True).encode()
+    tag = "-r" + hashlib.sha256((model / REGION_FILE).read_bytes() + rules).hexdigest()[:6]
     with_regions = Encoder(model).model_version
     (model / REGION_FILE).unlink()
     without = Encoder(model).model_version
@@ -441,3 +446,25 @@ def test_masses_need_both_the_unet_and_the_region_classifier():
     assert torch.allclose(slots["presence"][0, atel], torch.full((len(vocab.LOBES),), 0.64))  # the larger
     merge_other(slots, 0, atel, None)                                                       # nothing found
     assert torch.allclose(slots["presence"][0, atel], torch.full((len(vocab.LOBES),), 0.64))
+
+
+def test_another_types_presence_explains_the_unets_presence_away():
+    from medsearch.models.region_classifier import EXPLAINED_BY
+    from medsearch.models.slot_model import merge_other
+
+    assert EXPLAINED_BY == {}                        # measured and off (docs/model.md); the rule itself:
+    cons = vocab.FINDING_TYPES.index("consolidation")
+    lobes = len(vocab.LOBES)
+    slots = {"presence": torch.full((1, len(vocab.FINDING_TYPES), lobes), 0.8)}
+    mass = torch.tensor([0.75, 0.0, 0.0, 0.0, 0.0])
+    own = {"presence": torch.tensor([0.1, 0.1, 0.9, 0.0, 0.0])}
+    merge_other(slots, 0, cons, own, mass)
+    # lobe 0: the U-Net's 0.8 counts for 0.8 x (1 - 0.75) = 0.2, over the classifier's 0.1; lobe 2: the
+    # classifier's own consolidation still wins; elsewhere the U-Net's presence is as it was
+    assert torch.allclose(slots["presence"][0, cons], torch.tensor([0.2, 0.8, 0.9, 0.8, 0.8]))
+    slots = {"presence": torch.full((1, len(vocab.FINDING_TYPES), lobes), 0.8)}
+    merge_other(slots, 0, cons, None, mass)                 # no consolidation component: the U-Net's, explained
+    assert torch.allclose(slots["presence"][0, cons], torch.tensor([0.2, 0.8, 0.8, 0.8, 0.8]))
+    slots = {"presence": torch.full((1, len(vocab.FINDING_TYPES), lobes), 0.8)}
+    merge_other(slots, 0, cons, None)                       # no mass either: unchanged
+    assert torch.allclose(slots["presence"][0, cons], torch.full((lobes,), 0.8))
