@@ -438,6 +438,45 @@ def train_nodules(model_dir, synth_seed, studies, steps, seed, workers, candidat
                f"{model_dir / NODULE_FILE}")
 
 
+@cli.command("calibrate-nodules")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--candidates", required=True, type=click.IntRange(min=8, max=512),
+              help="Candidates to score per scan from now on; the calibration is refitted for this number.")
+@click.option("--synth-seed", default=1404, show_default=True,
+              help="Seed of the synthetic studies the calibration is fitted on (9000-9999 are refused).")
+@click.option("--studies", default=300, show_default=True, type=click.IntRange(min=8),
+              help="Synthetic studies to generate, planned as train-nodules plans them.")
+@click.option("--workers", default=2, show_default=True, help="Processes that generate synthetic studies.")
+def calibrate_nodules(model_dir, candidates, synth_seed, studies, workers):
+    """Score more (or fewer) candidates per scan with a trained nodule detector, its calibration refitted."""
+    from medsearch.models.evaluate import check_seed_disjoint
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+    from medsearch.models.train_nodules import build_examples, recalibrate_detector
+
+    check_seed_disjoint([synth_seed])
+    config_file, config = _model_config(model_dir)
+    detector = NoduleDetector.load(model_dir)
+    if detector is None:
+        raise ConfigError(f"'{model_dir}' holds no nodule detector ({NODULE_FILE}).",
+                          "Train one first ('medsearch train-nodules MODEL_DIR').")
+    before = detector.max_candidates
+    examples = build_examples(synth_seed, studies, workers=workers, max_candidates=candidates, types=detector.types)
+    detector.max_candidates = candidates
+    val = recalibrate_detector(detector, examples)
+    detector.summary = {**(detector.summary or {}),
+                        "calibrated": {"candidates": candidates, "previous_candidates": before,
+                                       "synth_seed": synth_seed, "studies": studies,
+                                       "scale": round(detector.scale, 4), "offset": round(detector.offset, 4),
+                                       "calibration": {t: [round(a, 4), round(b, 4)]
+                                                       for t, (a, b) in detector.calibration.items()},
+                                       "val": val}}
+    detector.save(model_dir / NODULE_FILE)
+    _record_in_config(config_file, config, "nodule_detector", detector.summary)
+    click.echo(f"the nodule detector now scores {candidates} candidates per scan (was {before}); calibration "
+               f"refitted on {len(examples.has)} studies of seed {synth_seed}: candidate AUC "
+               f"{val['candidate_auc']:.3f}, study AUC {val['study_auc']:.3f}; written to {model_dir / NODULE_FILE}")
+
+
 @cli.command("train-regions")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--synth-seed", default=1303, show_default=True,

@@ -98,6 +98,41 @@ def test_train_nodules_needs_a_ctseg_model_folder(tmp_path, config, message):
     assert not (tmp_path / "nodule.pt").exists()
 
 
+def test_calibrate_nodules_refuses_an_evaluation_seed(tmp_path):
+    result = CliRunner().invoke(cli, ["calibrate-nodules", str(tmp_path), "--candidates", "96", "--synth-seed", "9001"])
+    assert result.exit_code != 0 and "reserved for evaluation" in result.output
+    assert not (tmp_path / "nodule.pt").exists()
+
+
+def test_calibrate_nodules_needs_a_detector(tmp_path):
+    (tmp_path / "config.json").write_text('{"arch": "ctseg"}')
+    result = CliRunner().invoke(cli, ["calibrate-nodules", str(tmp_path), "--candidates", "96", "--studies", "8"])
+    assert result.exit_code != 0 and "holds no nodule detector" in result.output and "train-nodules" in result.output
+    assert not (tmp_path / "nodule.pt").exists()
+
+
+def test_calibrate_nodules_rescores_more_candidates_and_records_it(tmp_path):
+    import shutil
+
+    import torch
+
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+    from medsearch.models.registry import DEFAULT_MODEL_DIR
+
+    for name in ("config.json", NODULE_FILE):
+        shutil.copy(DEFAULT_MODEL_DIR / name, tmp_path / name)
+    shipped = NoduleDetector.load(DEFAULT_MODEL_DIR)
+    result = CliRunner().invoke(cli, ["calibrate-nodules", str(tmp_path), "--candidates", "64", "--studies", "12",
+                                      "--synth-seed", "1405", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    det = NoduleDetector.load(tmp_path)
+    assert det.max_candidates == 64 and (det.scale, det.offset) != (shipped.scale, shipped.offset)
+    assert all(torch.equal(a, b) for a, b in zip(det.net.state_dict().values(), shipped.net.state_dict().values()))
+    record = json.loads((tmp_path / "config.json").read_text())["nodule_detector"]["calibrated"]
+    assert record["candidates"] == 64 and record["previous_candidates"] == shipped.max_candidates
+    assert record["synth_seed"] == 1405 and "64 candidates per scan" in result.output
+
+
 def test_train_regions_refuses_an_evaluation_seed(tmp_path):
     result = CliRunner().invoke(cli, ["train-regions", str(tmp_path), "--synth-seed", "9001"])
     assert result.exit_code != 0 and "reserved for evaluation" in result.output

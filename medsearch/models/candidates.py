@@ -32,7 +32,8 @@ PATCH_CELLS = 16
 PATCH_MM = 2.0
 #: HU that the patch is clipped to before scaling to [-1, 1]: lung to calcium.
 PATCH_HU = (-1000.0, 400.0)
-#: Most candidates kept per scan.
+#: Most candidates kept per scan by default, and the scale of the rank feature.  A detector stores its own number
+#: (the shipped one scores 96 since session 17, its calibration refitted for them: docs/model.md).
 MAX_CANDIDATES = 48
 
 

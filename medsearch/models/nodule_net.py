@@ -3,8 +3,8 @@
 It sees one candidate of :mod:`medsearch.models.candidates` at a time: a 32 mm cube of
 HU at 2 mm, plus the candidate's scalar features (blob strength, scale, HU, rank), and
 says whether a nodule is there.  It also regresses the nodule's log-diameter and
-classifies its density, so that the detector reports a size and a density.  Small on purpose (~0.1 M parameters): it runs on up to 48
-patches per scan within the image tower's CPU budget.
+classifies its density, so that the detector reports a size and a density.  Small on purpose (~0.1 M parameters): it
+scores every candidate of a scan (96 in the shipped detector) within the image tower's CPU budget.
 """
 
 from __future__ import annotations

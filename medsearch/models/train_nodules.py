@@ -319,5 +319,36 @@ def train_detector(ex: Examples, cfg: NoduleTrainConfig | None = None, device: s
     return det, summary
 
 
-__all__ = ["Examples", "NoduleTrainConfig", "build_examples", "evaluate_detector", "fit_platt", "study_examples", "study_plan",
-           "train_detector"]
+def recalibrate_detector(det: NoduleDetector, ex: Examples, device: str | None = None) -> dict:
+    """Refit ``det``'s Platt calibrations (the nodule's and each other type's), in place, on the candidates
+    ``ex`` built at its ``max_candidates``; the network is kept.
+
+    A calibration holds for the number of candidates it was fitted at: scoring more per scan adds weaker
+    blobs, so the probability of a logit at the natural rate moves (docs/model.md, "More candidates per scan
+    (session 17)").
+
+    Returns:
+        The numbers of :func:`evaluate_detector` on ``ex`` (in-sample for the two parameters per type).
+
+    Raises:
+        InputError: the examples hold no candidate on a nodule, or none of a type the detector scores.
+    """
+    from medsearch.errors import InputError
+
+    if tuple(ex.types) != tuple(det.types):
+        raise InputError(f"the examples are labelled for {', '.join(ex.types)}, the detector scores "
+                         f"{', '.join(det.types)}.", "Build the examples with the detector's types.")
+    for k, ftype in enumerate(det.types):
+        if not (ex.label == k + 1).any():
+            raise InputError(f"The calibration studies gave no candidate on a {ftype}.",
+                             "Calibrate on more synthetic studies (--studies N).")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    logits = _logits(det.net.to(dev), ex, dev)
+    det.net.cpu().eval()
+    det.scale, det.offset = fit_platt(logits[:, 0], ex.label == 1)
+    det.calibration = {t: fit_platt(logits[:, k], ex.label == k + 1) for k, t in enumerate(det.types) if k}
+    return evaluate_detector(det, ex, logits)
+
+
+__all__ = ["Examples", "NoduleTrainConfig", "build_examples", "evaluate_detector", "fit_platt", "recalibrate_detector",
+           "study_examples", "study_plan", "train_detector"]

@@ -10,7 +10,7 @@ from medsearch import vocab
 from medsearch.errors import InputError
 from medsearch.models.candidates import PATCH_CELLS
 from medsearch.models.train_nodules import (Examples, NoduleTrainConfig, build_examples, fit_platt,
-                                            study_examples, train_detector)
+                                            recalibrate_detector, study_examples, train_detector)
 
 
 def _toy_examples(studies: int = 12, per_study: int = 10, seed: int = 0) -> Examples:
@@ -137,3 +137,34 @@ def test_training_a_typed_detector_learns_each_type_and_calibrates_it_apart():
     ex.label[ex.label == 3] = 0                                         # no cavity left to learn from
     with pytest.raises(InputError, match="cavity"):
         train_detector(ex, cfg, device="cpu", progress=False)
+
+
+def test_recalibration_refits_every_type_on_new_candidates_and_keeps_the_network():
+    ex = _typed_toy_examples()
+    det, _ = train_detector(ex, NoduleTrainConfig(steps=60, batch_size=16, width=4, val_fraction=0.25,
+                                                  other_per_batch=4), device="cpu", progress=False)
+    weights = {k: v.clone() for k, v in det.net.state_dict().items()}
+    before = (det.scale, det.offset, dict(det.calibration))
+    # the same patches at a tenth of the nodules' rate: more weak candidates per scan, as with more candidates
+    keep = (ex.label != 1) | (np.arange(len(ex.label)) % 100 == 0)
+    rare = Examples(ex.patches[keep], ex.features[keep], ex.label[keep], ex.logsize[keep], ex.density[keep],
+                    ex.study[keep], ex.has_nodule, ex.types, ex.has)
+    val = recalibrate_detector(det, rare, device="cpu")
+    assert all(torch.equal(v, weights[k]) for k, v in det.net.state_dict().items())
+    assert det.offset < before[1]                                     # rarer nodules: lower probabilities
+    assert set(det.calibration) == {"mass", "cavity"} and det.calibration != before[2]
+    assert val["candidate_auc"] > 0.9 and val["positives"] == int((rare.label == 1).sum())
+
+
+@pytest.mark.parametrize("change, message", [("types", "labelled for"), ("no cavity", "no candidate on a cavity")])
+def test_recalibration_refuses_examples_it_cannot_fit(change, message):
+    ex = _typed_toy_examples()
+    det, _ = train_detector(ex, NoduleTrainConfig(steps=2, batch_size=16, width=4, other_per_batch=4),
+                            device="cpu", progress=False)
+    if change == "types":
+        ex = Examples(ex.patches, ex.features, np.minimum(ex.label, 1), ex.logsize, ex.density, ex.study,
+                      ex.has_nodule)
+    else:
+        ex.label[ex.label == 3] = 0
+    with pytest.raises(InputError, match=message):
+        recalibrate_detector(det, ex, device="cpu")
