@@ -477,6 +477,44 @@ def calibrate_nodules(model_dir, candidates, synth_seed, studies, workers):
                f"{val['candidate_auc']:.3f}, study AUC {val['study_auc']:.3f}; written to {model_dir / NODULE_FILE}")
 
 
+@cli.command("combine-nodules")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("others", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def combine_nodules(model_dir, others):
+    """Average other model folders' nodule detectors into MODEL_DIR's (an ensemble of their networks)."""
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+
+    config_file, config = _model_config(model_dir)
+    detector = NoduleDetector.load(model_dir)
+    if detector is None:
+        raise ConfigError(f"'{model_dir}' holds no nodule detector ({NODULE_FILE}).",
+                          "Train one first ('medsearch train-nodules MODEL_DIR').")
+    joined = []
+    for other_dir in others:
+        other = NoduleDetector.load(other_dir)
+        if other is None:
+            raise ConfigError(f"'{other_dir}' holds no nodule detector ({NODULE_FILE}).",
+                              f"Train one there first ('medsearch train-nodules {other_dir}').")
+        try:
+            detector.add_member(other)
+        except ValueError as exc:
+            raise ConfigError(f"The nodule detector of '{other_dir}' cannot join that of '{model_dir}': {exc}",
+                              "Combine detectors trained with the same --types and another --seed or "
+                              "--candidates.") from None
+        summary = other.summary or {}
+        joined.append({k: summary[k] for k in ("synth_seed", "studies", "steps", "train_candidates",
+                                               "train_positives", "val") if k in summary}
+                      | {"trained_candidates": int(summary.get("trained_candidates", other.max_candidates)),
+                         "networks": len(other.networks())})
+    detector.summary = {**(detector.summary or {}),
+                        "members": [*(detector.summary or {}).get("members", []), *joined]}
+    detector.save(model_dir / NODULE_FILE)
+    _record_in_config(config_file, config, "nodule_detector", detector.summary)
+    click.echo(f"the nodule detector of {model_dir} now averages {len(detector.networks())} networks over its "
+               f"{detector.max_candidates} candidates per scan; written to {model_dir / NODULE_FILE}. Measure it "
+               "('bench/bench_model.py --model DIR') before you ship it.")
+
+
 @cli.command("train-regions")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--synth-seed", default=1303, show_default=True,

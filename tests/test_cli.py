@@ -131,6 +131,57 @@ def test_calibrate_nodules_rescores_more_candidates_and_records_it(tmp_path):
     record = json.loads((tmp_path / "config.json").read_text())["nodule_detector"]["calibrated"]
     assert record["candidates"] == 64 and record["previous_candidates"] == shipped.max_candidates
     assert record["synth_seed"] == 1405 and "64 candidates per scan" in result.output
+    # the shipped detector is an ensemble: every network keeps its weights and gets its own calibration
+    assert len(det.networks()) == len(shipped.networks()) > 1
+    for mine, theirs in zip(det.members, shipped.members):
+        assert all(torch.equal(a, b) for a, b in zip(mine.net.state_dict().values(), theirs.net.state_dict().values()))
+        assert (mine.scale, mine.offset) != (theirs.scale, theirs.offset)
+
+
+def _detector_folder(folder, seed, types=3):
+    import torch
+
+    from medsearch.models.nodule_detector import NODULE_FILE, NoduleDetector
+    from medsearch.models.nodule_net import DETECTED_TYPES, NoduleNet
+
+    folder.mkdir()
+    (folder / "config.json").write_text('{"arch": "ctseg", "nodule_detector": {"steps": 1}}')
+    torch.manual_seed(seed)
+    NoduleDetector(NoduleNet(width=4, types=types), 0.5, -2.0, summary={"steps": 1, "synth_seed": 1100 + seed},
+                   max_candidates=96 - 8 * seed, types=DETECTED_TYPES[:types]).save(folder / NODULE_FILE)
+    return folder
+
+
+def test_combine_nodules_averages_another_folders_network_and_records_it(tmp_path):
+    from medsearch.models.nodule_detector import NoduleDetector
+
+    model, other = _detector_folder(tmp_path / "model", 0), _detector_folder(tmp_path / "other", 1)
+    result = CliRunner().invoke(cli, ["combine-nodules", str(model), str(other)])
+    assert result.exit_code == 0, result.output
+    det = NoduleDetector.load(model)
+    assert len(det.networks()) == 2 and det.max_candidates == 96      # the first detector's candidates
+    members = json.loads((model / "config.json").read_text())["nodule_detector"]["members"]
+    assert [(m["synth_seed"], m["trained_candidates"]) for m in members] == [(1101, 88)]
+    assert "averages 2 networks" in result.output
+
+
+@pytest.mark.parametrize("model_seed, other, message", [
+    (None, lambda p: _detector_folder(p, 1), "holds no nodule detector"),              # nothing to join
+    (0, lambda p: p.mkdir() or p, "holds no nodule detector"),                          # nothing to add
+    (0, lambda p: _detector_folder(p, 1, types=1), "same --types"),                      # other types
+    (0, lambda p: _detector_folder(p, 0), "another --seed"),                            # the same network
+])
+def test_combine_nodules_refuses_what_cannot_join(tmp_path, model_seed, other, message):
+    model = tmp_path / "model"
+    if model_seed is None:
+        model.mkdir()
+        (model / "config.json").write_text('{"arch": "ctseg"}')
+    else:
+        _detector_folder(model, model_seed)
+    before = sorted(p.read_bytes() for p in model.iterdir())
+    result = CliRunner().invoke(cli, ["combine-nodules", str(model), str(other(tmp_path / "other"))])
+    assert result.exit_code != 0 and message in result.output
+    assert sorted(p.read_bytes() for p in model.iterdir()) == before      # nothing written
 
 
 def test_train_regions_refuses_an_evaluation_seed(tmp_path):

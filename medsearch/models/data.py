@@ -344,6 +344,11 @@ def detector_digest(detector) -> str:
                           + (f",{detector.max_candidates}".encode() if detector.max_candidates != MAX_CANDIDATES
                              else b"")
                           + "".join(f",{t}:{a},{b}" for t, (a, b) in sorted(detector.calibration.items())).encode()
+                          # an ensemble's other networks (a detector without members keeps its digest)
+                          + b"".join(b"".join(v.numpy().tobytes() for v in m.net.state_dict().values())
+                                     + f"{m.scale},{m.offset}".encode()
+                                     + "".join(f",{t}:{a},{b}" for t, (a, b) in sorted(m.calibration.items())).encode()
+                                     for m in getattr(detector, "members", []))
                           # its region classifier's evidence is in the same files
                           + (detector.regions.digest() if getattr(detector, "regions", None) is not None else b"")
                           ).hexdigest()[:12]

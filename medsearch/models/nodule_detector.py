@@ -16,6 +16,11 @@ ground-glass opacities, which its candidates find where the U-Net's coarse grid 
 detections travel as
 :attr:`NoduleEvidence.others` and raise the U-Net's slots and channel of that type.
 
+A detector may also hold **members**: further networks trained on the same kind of candidates (another seed,
+another number of candidates per scan), each with its own calibrations.  Every candidate is then scored by
+each network, and the calibrated log-odds, log-diameters and density distributions are averaged, an
+ensemble (``medsearch combine-nodules``; docs/model.md, "Two detector networks averaged").
+
 A model folder holds the detector as ``nodule.pt`` (weights, calibration, summary);
 without one the tower is the U-Net alone, as in models trained before it existed.  Beside it, a
 region classifier (``regions.pt``, :mod:`medsearch.models.region_classifier`) may classify the lungs' dense
@@ -136,11 +141,14 @@ class NoduleDetector:
         types: the types the net scores, nodule first (:data:`DETECTED_TYPES`; files from before other
             types were scored hold nodules alone).
         calibration: each other type's (scale, offset).
+        members: further detectors of the same types whose networks score the same candidates; their
+            calibrated outputs are averaged with this one's (an ensemble).  Only their networks and
+            calibrations count: the candidates per scan and the region classifier are this detector's.
     """
 
     def __init__(self, net: NoduleNet, scale: float = 1.0, offset: float = 0.0, summary: dict | None = None,
                  max_candidates: int = MAX_CANDIDATES, types: tuple[str, ...] = DETECTED_TYPES[:1],
-                 calibration: dict | None = None):
+                 calibration: dict | None = None, members: list["NoduleDetector"] | None = None):
         self.net = net.eval()
         self.scale, self.offset = float(scale), float(offset)
         self.summary = summary or {}
@@ -150,20 +158,50 @@ class NoduleDetector:
             raise ValueError(f"types {self.types} do not match a net scoring {net.types} type(s), nodule first")
         self.calibration = {t: (float(a), float(b)) for t, (a, b) in (calibration or {}).items()}
         self.calibration.update({t: (1.0, 0.0) for t in self.types[1:] if t not in self.calibration})
+        self.members: list[NoduleDetector] = []
+        for member in members or []:
+            self.add_member(member)
         #: the region classifier of the same model folder (``regions.pt``), or None
         self.regions = None
 
+    def add_member(self, other: "NoduleDetector") -> None:
+        """Score every candidate with ``other``'s network(s) as well (its own members come along).
+
+        Raises:
+            ValueError: ``other`` scores other types, or its network is already one of this detector's.
+        """
+        if tuple(other.types) != self.types:
+            raise ValueError(f"a detector scoring {', '.join(other.types)} cannot join one scoring "
+                             f"{', '.join(self.types)}; train it with the same --types.")
+        mine = {_net_digest(d.net) for d in self.networks()}
+        for d in other.networks():
+            if _net_digest(d.net) in mine:
+                raise ValueError("that network is already one of this detector's; averaging it again would "
+                                 "only weigh it twice. Combine detectors trained with another --seed or "
+                                 "--candidates.")
+            mine.add(_net_digest(d.net))
+            self.members.append(NoduleDetector(d.net, d.scale, d.offset, None, self.max_candidates, d.types,
+                                               d.calibration))
+
+    def networks(self) -> list["NoduleDetector"]:
+        """This detector and its members, whose calibrated outputs are averaged."""
+        return [self, *self.members]
+
     # ------------------------------------------------------------------ files
-    def save(self, path: Path) -> None:
+    def _blob(self) -> dict:
         config = {"width": self.net.width, "cells": self.net.cells}
         extra = {}
         if len(self.types) > 1:
             config["types"] = self.net.types
             extra = {"types": list(self.types),
                      "type_calibration": {t: {"scale": a, "offset": b} for t, (a, b) in self.calibration.items()}}
-        torch.save({"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
-                    "config": config, "calibration": {"scale": self.scale, "offset": self.offset},
-                    "max_candidates": self.max_candidates, "summary": self.summary, **extra}, Path(path))
+        return {"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+                "config": config, "calibration": {"scale": self.scale, "offset": self.offset}, **extra}
+
+    def save(self, path: Path) -> None:
+        extra = {"members": [m._blob() for m in self.members]} if self.members else {}
+        torch.save({**self._blob(), "max_candidates": self.max_candidates, "summary": self.summary, **extra},
+                   Path(path))
 
     @classmethod
     def load(cls, model_dir: Path) -> "NoduleDetector | None":
@@ -177,12 +215,11 @@ class NoduleDetector:
             return None
         try:
             blob = torch.load(path, map_location="cpu", weights_only=True)
-            net = NoduleNet(**blob["config"])
-            net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
-            cal = blob.get("calibration", {})
-            det = cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), blob.get("summary"),
-                      int(blob.get("max_candidates", MAX_CANDIDATES)), tuple(blob.get("types", DETECTED_TYPES[:1])),
-                      {t: (c["scale"], c["offset"]) for t, c in blob.get("type_calibration", {}).items()})
+            max_candidates = int(blob.get("max_candidates", MAX_CANDIDATES))
+            det = cls._from_blob(blob, blob.get("summary"), max_candidates)
+            # members are checked as they join: a file edited to hold another type's network is refused
+            for member in blob.get("members", []):
+                det.add_member(cls._from_blob(member, None, max_candidates))
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             from medsearch.errors import ConfigError
 
@@ -193,6 +230,15 @@ class NoduleDetector:
 
         det.regions = RegionClassifier.load(model_dir)
         return det
+
+    @classmethod
+    def _from_blob(cls, blob: dict, summary: dict | None, max_candidates: int) -> "NoduleDetector":
+        net = NoduleNet(**blob["config"])
+        net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
+        cal = blob.get("calibration", {})
+        return cls(net, cal.get("scale", 1.0), cal.get("offset", 0.0), summary, max_candidates,
+                   tuple(blob.get("types", DETECTED_TYPES[:1])),
+                   {t: (c["scale"], c["offset"]) for t, c in blob.get("type_calibration", {}).items()})
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -208,12 +254,26 @@ class NoduleDetector:
             return (np.zeros(0, np.float32), np.zeros(0, np.float32),
                     np.zeros((0, len(vocab.DENSITIES)), np.float32),
                     {t: np.zeros(0, np.float32) for t in self.types[1:]})
-        logits, logsize, dens = self.net(torch.from_numpy(patches), torch.from_numpy(features))
-        p = torch.sigmoid(self.scale * logits[:, 0] + self.offset)
-        others = {t: torch.sigmoid(self.calibration[t][0] * logits[:, k] + self.calibration[t][1])
-                  .numpy().astype(np.float32) for k, t in enumerate(self.types) if k}
-        return (p.numpy().astype(np.float32), logsize.exp().numpy().astype(np.float32),
-                torch.softmax(dens, dim=1).numpy().astype(np.float32), others)
+        x, f = torch.from_numpy(patches), torch.from_numpy(features)
+        log_odds, logsizes, densities = [], [], []
+        for det in self.networks():
+            logits, logsize, dens = det.net(x, f)
+            log_odds.append(det.calibrated_log_odds(logits))
+            logsizes.append(logsize)
+            densities.append(torch.softmax(dens, dim=1))
+        # an ensemble averages each network's calibrated log-odds (not its probabilities), so that one
+        # network's confident "no" is not outvoted by another's lukewarm "yes"
+        z = torch.stack(log_odds).mean(dim=0)
+        p = torch.sigmoid(z)
+        others = {t: p[:, k].numpy().astype(np.float32) for k, t in enumerate(self.types) if k}
+        return (p[:, 0].numpy().astype(np.float32), torch.stack(logsizes).mean(dim=0).exp().numpy().astype(np.float32),
+                torch.stack(densities).mean(dim=0).numpy().astype(np.float32), others)
+
+    def calibrated_log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, types) this network's raw logits (N, types) through its own Platt calibrations."""
+        scales = torch.tensor([self.scale] + [self.calibration[t][0] for t in self.types[1:]], dtype=logits.dtype)
+        offsets = torch.tensor([self.offset] + [self.calibration[t][1] for t in self.types[1:]], dtype=logits.dtype)
+        return logits * scales + offsets
 
     def detect(self, hu: np.ndarray, spacing) -> Detections:
         """Nodules (and the other types it scores) of one scan ``hu`` (z, y, x) with ``spacing``
@@ -235,6 +295,12 @@ class NoduleDetector:
         """The detections of ``vol`` (an HUVolume) on the half-resolution grid of the canonical volume
         whose affine (voxel (x, y, z) -> RAS mm) is ``canon_affine``."""
         return as_evidence(self.detect(vol.hu, vol.spacing), vol.affine, canon_affine)
+
+
+def _net_digest(net: NoduleNet) -> bytes:
+    import hashlib
+
+    return hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in net.state_dict().values())).digest()
 
 
 def as_evidence(det: Detections, native_affine: np.ndarray, canon_affine: np.ndarray) -> NoduleEvidence:

@@ -327,8 +327,11 @@ def recalibrate_detector(det: NoduleDetector, ex: Examples, device: str | None =
     blobs, so the probability of a logit at the natural rate moves (docs/model.md, "More candidates per scan
     (session 17)").
 
+    Each network of an ensemble (:meth:`NoduleDetector.networks`) is refitted on its own logits.
+
     Returns:
-        The numbers of :func:`evaluate_detector` on ``ex`` (in-sample for the two parameters per type).
+        The numbers of :func:`evaluate_detector` on ``ex`` for the first network (in-sample for the two
+        parameters per type).
 
     Raises:
         InputError: the examples hold no candidate on a nodule, or none of a type the detector scores.
@@ -343,11 +346,15 @@ def recalibrate_detector(det: NoduleDetector, ex: Examples, device: str | None =
             raise InputError(f"The calibration studies gave no candidate on a {ftype}.",
                              "Calibrate on more synthetic studies (--studies N).")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    logits = _logits(det.net.to(dev), ex, dev)
-    det.net.cpu().eval()
-    det.scale, det.offset = fit_platt(logits[:, 0], ex.label == 1)
-    det.calibration = {t: fit_platt(logits[:, k], ex.label == k + 1) for k, t in enumerate(det.types) if k}
-    return evaluate_detector(det, ex, logits)
+    first = None
+    # each network of an ensemble keeps its own calibrations: the ensemble averages calibrated log-odds
+    for d in det.networks():
+        logits = _logits(d.net.to(dev), ex, dev)
+        d.net.cpu().eval()
+        d.scale, d.offset = fit_platt(logits[:, 0], ex.label == 1)
+        d.calibration = {t: fit_platt(logits[:, k], ex.label == k + 1) for k, t in enumerate(d.types) if k}
+        first = logits if first is None else first
+    return evaluate_detector(det, ex, first)
 
 
 __all__ = ["Examples", "NoduleTrainConfig", "build_examples", "evaluate_detector", "fit_platt", "recalibrate_detector",

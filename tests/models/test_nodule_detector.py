@@ -97,6 +97,60 @@ def test_the_number_of_candidates_travels_with_the_detector(tmp_path):
     assert NoduleDetector.load(tmp_path).max_candidates == MAX_CANDIDATES
 
 
+def _typed(seed: int, nodule_offset: float, **kw) -> NoduleDetector:
+    from medsearch.models.nodule_net import DETECTED_TYPES
+
+    torch.manual_seed(seed)
+    return NoduleDetector(NoduleNet(width=4, types=3), 0.5, nodule_offset, types=DETECTED_TYPES[:3],
+                          calibration={"mass": (1.0, -1.0), "cavity": (0.5, 2.0)}, **kw)
+
+
+def test_an_ensemble_averages_its_networks_calibrated_log_odds_and_round_trips(tmp_path):
+    from medsearch.models.data import detector_digest
+
+    a, b = _typed(0, -2.0, max_candidates=96), _typed(1, 3.0)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 1, 16, 16, 16)).astype(np.float32)
+    f = np.random.default_rng(1).uniform(0, 1, (4, N_FEATURES)).astype(np.float32)
+    pa, sa, da, oa = a.score_types(x, f)
+    pb, sb, db, ob = b.score_types(x, f)
+    digest_alone = detector_digest(a)
+    a.add_member(b)
+    p, size, density, others = a.score_types(x, f)
+    logit = lambda q: np.log(q / (1 - q))  # noqa: E731
+    assert np.allclose(logit(p), (logit(pa) + logit(pb)) / 2, atol=1e-4)
+    for t in others:
+        assert np.allclose(logit(others[t]), (logit(oa[t]) + logit(ob[t])) / 2, atol=1e-4)
+    assert np.allclose(np.log(size), (np.log(sa) + np.log(sb)) / 2, atol=1e-5)
+    assert np.allclose(density, (da + db) / 2, atol=1e-6)
+    # another ensemble is another detector: its evidence is cached apart
+    assert detector_digest(a) != digest_alone
+    a.save(tmp_path / NODULE_FILE)
+    back = NoduleDetector.load(tmp_path)
+    assert len(back.networks()) == 2 and back.max_candidates == 96 and back.members[0].calibration == b.calibration
+    assert detector_digest(back) == detector_digest(a)
+    assert np.allclose(back.score_types(x, f)[0], p)
+
+
+@pytest.mark.parametrize("other, match", [
+    (lambda: NoduleDetector(NoduleNet(width=4)), "cannot join"),            # another set of types
+    (lambda: _typed(0, 5.0), "already one of this detector's"),             # the same network again
+])
+def test_an_ensemble_refuses_what_cannot_join_it(other, match):
+    det = _typed(0, -2.0)
+    with pytest.raises(ValueError, match=match):
+        det.add_member(other())
+    assert det.members == []
+
+
+def test_a_detector_file_whose_member_scores_other_types_is_refused(tmp_path):
+    det = _typed(0, -2.0)
+    det.members.append(NoduleDetector(NoduleNet(width=4)))    # as an edited file would hold it
+    det.save(tmp_path / NODULE_FILE)
+    with pytest.raises(ConfigError) as err:
+        NoduleDetector.load(tmp_path)
+    assert NODULE_FILE in str(err.value)
+
+
 def test_a_corrupt_detector_file_names_the_file_and_the_fix(tmp_path):
     (tmp_path / NODULE_FILE).write_bytes(b"not a torch file")
     with pytest.raises(ConfigError) as err:
