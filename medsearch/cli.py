@@ -557,6 +557,65 @@ def train_regions(model_dir, synth_seed, studies, calibration_studies, steps, se
                f"studies: {val}; written to {model_dir / REGION_FILE}")
 
 
+@cli.command("fit-region-merge")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--archive", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A labelled synthetic archive ('medsearch synth OUT --seed S' with a training seed, 1000-1999), "
+                   "planned as the archive plans studies.")
+@click.option("--types", "types_", default="consolidation", show_default=True,
+              help="Region types whose presence the merge decides, comma-separated (of: atelectasis, mass, "
+                   "consolidation); the others keep their fixed rule.")
+@click.option("--c", "c", default=0.1, show_default=True, type=click.FloatRange(min=1e-6),
+              help="Inverse strength of the regression's L2 penalty.")
+@click.option("--workers", default=2, show_default=True, help="Processes that read and detect the studies.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Keep the canonical volumes and the detector's evidence here for another run (default: a "
+                   "temporary folder, removed afterwards).")
+def fit_region_merge(model_dir, archive, types_, c, workers, cache_dir):
+    """Fit the learned merge of the U-Net's and the region classifier's presences (stored in regions.pt)."""
+    import tempfile
+
+    from medsearch.errors import InputError
+    from medsearch.models import registry
+    from medsearch.models.data import load_archive
+    from medsearch.models.region_classifier import REGION_FILE, REGION_TYPES
+    from medsearch.models.train_merge import fit_merge, merge_inputs
+
+    types = tuple(t.strip() for t in types_.split(",") if t.strip())
+    if not types or any(t not in REGION_TYPES for t in types) or len(set(types)) != len(types):
+        raise ConfigError(f"--types {types_!r} is not a list of region types.",
+                          f"Pass some of {', '.join(REGION_TYPES)}, e.g. --types consolidation.")
+    config_file, config = _model_config(model_dir)
+    if not (model_dir / REGION_FILE).exists():
+        raise ConfigError(f"'{model_dir}' holds no region classifier ({REGION_FILE}); the merge reads its presences.",
+                          f"Train one first ('medsearch train-regions {model_dir}').")
+    if not (archive / "labels.jsonl").exists():
+        raise InputError(f"'{archive}' holds no labels.jsonl: the merge is fitted on a labelled synthetic archive.",
+                         "Generate one with 'medsearch synth OUT --studies 800 --seed S' (S in 1000-1999).")
+    encoder = registry.Encoder(model_dir)
+    with tempfile.TemporaryDirectory(prefix="medsearch-merge-") as tmp:
+        studies = load_archive(archive, cache_dir=cache_dir or Path(tmp), detector=encoder.nodule_detector,
+                               spacing_mm=encoder.config["canonical_spacing_mm"],
+                               shape=encoder.config["canonical_shape"], workers=max(1, workers))
+        unet, mine, labels = merge_inputs(encoder, studies)
+    try:
+        merge, summary = fit_merge(unet, mine, labels, types, c)
+    except ValueError as exc:
+        raise InputError(f"The merge cannot be fitted on '{archive}': {exc}.",
+                         "Fit it on more studies ('medsearch synth OUT --studies 800').") from None
+    classifier = encoder.nodule_detector.regions
+    classifier.merge = merge
+    classifier.save(model_dir / REGION_FILE)
+    config["region_classifier"] = {**config.get("region_classifier", {}), "merge": summary}
+    # the fitting studies count as training studies: 'medsearch eval' refuses an archive that holds them
+    config["train_study_keys"] = sorted(set(config.get("train_study_keys", [])) | {s.key for s in studies})
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    fit = "; ".join(f"{t} lobe AP {v['lobe_ap_fixed_rule']:.3f} -> {v['lobe_ap_merge']:.3f} ({v['lobes_with']} lobes)"
+                    for t, v in summary["fit"].items())
+    click.echo(f"fitted the learned merge on {len(studies)} studies (in-sample: {fit}); written to "
+               f"{model_dir / REGION_FILE}. Measure it ('bench/bench_model.py --model DIR') before you ship it.")
+
+
 @cli.command("eval")
 @click.option("--archive", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None)

@@ -85,17 +85,22 @@ class RegionClassifier:
     """A trained :class:`RegionNet` with each region type's calibration ``sigmoid(a * logit + b)``, where the
     logit is the class's log-odds against all others."""
 
-    def __init__(self, net: RegionNet, calibration: dict | None = None, summary: dict | None = None):
+    def __init__(self, net: RegionNet, calibration: dict | None = None, summary: dict | None = None,
+                 merge=None):
         self.net = net.eval()
         self.calibration = {t: (float(a), float(b)) for t, (a, b) in (calibration or {}).items()}
         self.calibration.update({t: (1.0, 0.0) for t in REGION_TYPES if t not in self.calibration})
         self.summary = summary or {}
+        #: the learned merge of its presences with the U-Net's (:class:`~medsearch.models.region_merge.
+        #: RegionMerge`, fitted by ``medsearch fit-region-merge``), or None: the fixed rules of :data:`MERGE`
+        self.merge = merge
 
     def save(self, path: Path) -> None:
+        extra = {"merge": self.merge.to_blob()} if self.merge is not None else {}
         torch.save({"state": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
                     "hidden": self.net.hidden, "classes": list(CLASSES),
                     "calibration": {t: {"scale": a, "offset": b} for t, (a, b) in self.calibration.items()},
-                    "summary": self.summary}, Path(path))
+                    "summary": self.summary, **extra}, Path(path))
 
     @classmethod
     def load(cls, model_dir: Path) -> "RegionClassifier | None":
@@ -113,7 +118,13 @@ class RegionClassifier:
                 raise ValueError("classes differ")
             net = RegionNet(int(blob["hidden"]))
             net.load_state_dict({k: v.float() for k, v in blob["state"].items()})
-            return cls(net, {t: (c["scale"], c["offset"]) for t, c in blob["calibration"].items()}, blob.get("summary"))
+            merge = None
+            if blob.get("merge") is not None:
+                from medsearch.models.region_merge import RegionMerge
+
+                merge = RegionMerge.from_blob(blob["merge"])
+            return cls(net, {t: (c["scale"], c["offset"]) for t, c in blob["calibration"].items()}, blob.get("summary"),
+                       merge)
         except (OSError, RuntimeError, KeyError, TypeError, ValueError, EOFError, pickle.UnpicklingError) as exc:
             from medsearch.errors import ConfigError
 
@@ -122,7 +133,9 @@ class RegionClassifier:
                               "the model without it.") from None
 
     def digest(self) -> bytes:
-        """The weights and calibration as bytes (names evidence caches and model versions)."""
+        """The weights and calibration as bytes (names evidence caches).  The merge is left out: it reads the
+        evidence, it does not make it, so refitting it keeps an archive's cached evidence (the model version
+        follows the whole file)."""
         return b"".join(v.numpy().tobytes() for v in self.net.state_dict().values()) + repr(
             sorted(self.calibration.items())).encode()
 

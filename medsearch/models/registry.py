@@ -108,6 +108,9 @@ class Encoder:
                 rules = json.dumps([MERGE, EXPLAINED_BY], sort_keys=True).encode()
                 self.model_version += "-r" + hashlib.sha256((model_dir / "regions.pt").read_bytes()
                                                             + rules).hexdigest()[:6]
+                # the learned merge, where one was fitted, lives in the same file (hashed above)
+                if self.nodule_detector.regions is not None:
+                    model.region_merge = self.nodule_detector.regions.merge
         if self.config.get("scorer") and self.config["arch"] == "ctseg":
             from medsearch.models.likelihood import LikelihoodScorer
 

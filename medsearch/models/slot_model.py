@@ -137,6 +137,10 @@ class SlotModel(nn.Module):
         #: None: the projection scores; else a :class:`~medsearch.models.likelihood.LikelihoodScorer`
         #: (``config.json``'s ``scorer``; not a weight, so it is set after loading).
         self.scorer = None
+        #: None: the region types' evidence meets the U-Net's slots by the fixed rules of :func:`merge_other`;
+        #: else a :class:`~medsearch.models.region_merge.RegionMerge` for the types it was fitted for (the
+        #: region classifier's file holds it; set after loading, as the scorer is)
+        self.region_merge = None
         self.reset_projection()
 
     def reset_projection(self) -> None:
@@ -207,10 +211,12 @@ class SlotModel(nn.Module):
         out["spatial"] = F.max_pool3d(probs, self.spatial_pool, ceil_mode=True)
         return out
 
-    @staticmethod
-    def _with_nodules(maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
+    def _with_nodules(self, maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
         from medsearch.models.nodule_detector import nodule_slots, paint, paint_other
-        from medsearch.models.region_classifier import EXPLAINED_BY
+        from medsearch.models.region_classifier import EXPLAINED_BY, REGION_TYPES
+
+        merge = self.region_merge
+        regional = [vocab.FINDING_TYPES.index(r) for r in REGION_TYPES]
 
         nr, nt, nd, _ = HEAD_SPLIT
         t = vocab.FINDING_TYPES.index("nodule")
@@ -230,11 +236,20 @@ class SlotModel(nn.Module):
             one = paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd)
             # every type's own slots first: a type's U-Net presence may be explained away by another's
             owns = {ftype: nodule_slots(other, region[b]) for ftype, other in (ev.others or {}).items()}
+            # the learned merge reads every region type's two presences before any is changed; a type the
+            # classifier found no component of has none there
+            unet = slots["presence"][b, regional].clone()
             for ftype, other in (ev.others or {}).items():
                 k = vocab.FINDING_TYPES.index(ftype)
-                by = owns.get(EXPLAINED_BY.get(ftype))
-                merge_other(slots, b, k, owns[ftype], by["presence"] if by is not None else None)
+                if merge is None or ftype not in merge.types:
+                    by = owns.get(EXPLAINED_BY.get(ftype))
+                    merge_other(slots, b, k, owns[ftype], by["presence"] if by is not None else None)
                 one = paint_other(one, other, nr + k)
+            if merge is not None:
+                mine = torch.stack([owns[r]["presence"] if owns.get(r) is not None else torch.zeros_like(unet[0])
+                                    for r in REGION_TYPES])
+                for ftype in merge.types:
+                    slots["presence"][b, vocab.FINDING_TYPES.index(ftype)] = merge.presence(ftype, unet, mine)
             painted.append(one)
         return torch.stack(painted), slots
 

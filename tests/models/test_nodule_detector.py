@@ -131,6 +131,25 @@ def test_an_ensemble_averages_its_networks_calibrated_log_odds_and_round_trips(t
     assert np.allclose(back.score_types(x, f)[0], p)
 
 
+@pytest.mark.parametrize("n", [1, 31, 32, 33, 97])
+def test_scoring_in_chunks_equals_scoring_each_candidate_alone(n):
+    from medsearch.models.nodule_detector import SCORE_BATCH
+
+    det = _typed(0, -2.0, max_candidates=96)
+    det.add_member(_typed(1, 3.0))
+    x = np.random.default_rng(0).uniform(-1, 1, (n, 1, 16, 16, 16)).astype(np.float32)
+    f = np.random.default_rng(1).uniform(0, 1, (n, N_FEATURES)).astype(np.float32)
+    p, size, density, others = det.score_types(x, f)
+    assert p.shape == size.shape == (n,) and density.shape == (n, N_DENSITIES)
+    alone = [det.score_types(x[i:i + 1], f[i:i + 1]) for i in range(n)]
+    assert np.allclose(p, np.concatenate([a[0] for a in alone]), atol=1e-5)
+    assert np.allclose(size, np.concatenate([a[1] for a in alone]), rtol=1e-4)
+    assert np.allclose(density, np.concatenate([a[2] for a in alone]), atol=1e-5)
+    for t in others:
+        assert np.allclose(others[t], np.concatenate([a[3][t] for a in alone]), atol=1e-5)
+    assert SCORE_BATCH < 96  # the shipped detector's candidates take more than one chunk
+
+
 @pytest.mark.parametrize("other, match", [
     (lambda: NoduleDetector(NoduleNet(width=4)), "cannot join"),            # another set of types
     (lambda: _typed(0, 5.0), "already one of this detector's"),             # the same network again
