@@ -607,8 +607,9 @@ def fit_region_merge(model_dir, archive, types_, c, workers, cache_dir):
     classifier.merge = merge
     classifier.save(model_dir / REGION_FILE)
     config["region_classifier"] = {**config.get("region_classifier", {}), "merge": summary}
-    # the fitting studies count as training studies: 'medsearch eval' refuses an archive that holds them
-    config["train_study_keys"] = sorted(set(config.get("train_study_keys", [])) | {s.key for s in studies})
+    # the studies a later stage was fitted on: 'medsearch eval' refuses an archive that holds them, as it refuses
+    # the tower's training studies ('train_study_keys')
+    config["fit_study_keys"] = sorted(set(config.get("fit_study_keys", [])) | {s.key for s in studies})
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     fit = "; ".join(f"{t} lobe AP {v['lobe_ap_fixed_rule']:.3f} -> {v['lobe_ap_merge']:.3f} ({v['lobes_with']} lobes)"
                     for t, v in summary["fit"].items())

@@ -165,7 +165,8 @@ def evaluate_archive(archive: Path, model_dir: Path | None = None, via_ingest: b
     model_dir = Path(model_dir) if model_dir else DEFAULT_MODEL_DIR
     encoder = load_encoder(model_dir, int8=int8)
     records = [json.loads(x) for x in (archive / "labels.jsonl").read_text(encoding="utf-8").splitlines() if x]
-    train_keys = set(encoder.config.get("train_study_keys", []))
+    # the tower's training studies, and those later stages were fitted on ('medsearch fit-region-merge')
+    train_keys = set(encoder.config.get("train_study_keys", [])) | set(encoder.config.get("fit_study_keys", []))
     if via_ingest:
         from medsearch.models.data import _study_key, scrub_report
 

@@ -35,14 +35,16 @@ def model(tmp_path):
     return folder
 
 
-def test_the_inputs_are_the_presences_the_fixed_rules_merge(archive):
+def test_the_inputs_are_the_presences_the_encoder_merges(archive):
     from medsearch.models import registry
     from medsearch.models.data import load_archive
     from medsearch.models.preprocess import hu_windows
     from medsearch.models.train_merge import fixed_rule, merge_inputs
 
     enc = registry.Encoder(registry.DEFAULT_MODEL_DIR)
-    assert enc.model.region_merge is None
+    merge = enc.model.region_merge
+    # the shipped model merges consolidation and atelectasis, and keeps the fixed rule for masses
+    assert merge.types == ("atelectasis", "consolidation")
     studies = load_archive(archive, detector=enc.nodule_detector, spacing_mm=enc.config["canonical_spacing_mm"],
                            shape=enc.config["canonical_shape"], progress=False)
     unet, mine, labels = merge_inputs(enc, studies, progress=False)
@@ -51,11 +53,13 @@ def test_the_inputs_are_the_presences_the_fixed_rules_merge(archive):
     x = torch.stack([hu_windows(torch.from_numpy(s.hu.astype(np.float32)), enc.config["windows_hu"]) for s in studies])
     with torch.no_grad():
         presence = enc.encode_image_tensor(x, [s.nodules for s in studies])["presence"]
+    merged = {t: merge.presence(t, torch.from_numpy(unet), torch.from_numpy(mine)).numpy() for t in merge.types}
     for t in REGION_TYPES:
-        held = [b for b, s in enumerate(studies) if t in (s.nodules.others or {})]
+        # a fixed rule applies where the classifier's evidence holds the type; the merge everywhere
+        held = [b for b, s in enumerate(studies) if t in merged or t in (s.nodules.others or {})]
         assert held
-        assert np.allclose(presence[held, vocab.FINDING_TYPES.index(t)].numpy(),
-                           fixed_rule(t, unet, mine)[held], atol=1e-6)
+        expected = merged[t] if t in merged else fixed_rule(t, unet, mine)
+        assert np.allclose(presence[held, vocab.FINDING_TYPES.index(t)].numpy(), expected[held], atol=1e-5)
 
 
 def test_fit_region_merge_writes_the_merge_and_the_encoder_uses_it(archive, model):
@@ -74,7 +78,13 @@ def test_fit_region_merge_writes_the_merge_and_the_encoder_uses_it(archive, mode
     assert config["region_classifier"]["merge"]["fit"]["mass"]["lobes_with"] == 1
     assert config["region_classifier"]["steps"] > 0                       # the classifier's record is kept
     keys = {_study_key(json.loads(line)["study_uid"]) for line in (archive / "labels.jsonl").read_text().splitlines()}
-    assert keys <= set(config["train_study_keys"])                        # eval refuses these studies now
+    assert keys <= set(config["fit_study_keys"])                          # eval refuses these studies now
+    assert not keys & set(config["train_study_keys"])                     # the tower's own record is kept
+    from medsearch.errors import InputError
+    from medsearch.models.evaluate import evaluate_archive
+
+    with pytest.raises(InputError, match="6 studies of the evaluation archive were used in training"):
+        evaluate_archive(archive, model, via_ingest=False, progress=False)
     enc = registry.Encoder(model)
     assert enc.model.region_merge.types == ("mass",) and enc.model_version != before
     # nothing was cached beside the archive
