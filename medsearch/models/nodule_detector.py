@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from medsearch import vocab
 from medsearch.models.candidates import MAX_CANDIDATES, LungGrid, extract_patches, find_candidates, lung_mask
@@ -426,6 +427,23 @@ def nodule_slots(ev: NoduleEvidence, region: torch.Tensor) -> dict[str, torch.Te
     return {"presence": presence, "density": density, "size": size}
 
 
+def lobes_within(region: torch.Tensor, reach: int) -> torch.Tensor:
+    """(L, z, y, x): each lobe's largest probability within ``reach`` cells of each cell (``region`` itself for a
+    reach of 0).
+
+    A large dense component's centroid lies in tissue the U-Net calls background (a mass against the chest
+    wall), where every lobe's own probability is near zero; its neighbourhood says which lobe it is in
+    (:data:`~medsearch.models.region_classifier.LOBE_REACH`).  A component astride a fissure counts for both
+    lobes, as a nodule's detection there does.
+
+    Args:
+        region: (L, z, y, x) lobe probabilities (the region softmax without background).
+    """
+    if reach <= 0:
+        return region
+    return F.max_pool3d(region[None], 2 * reach + 1, stride=1, padding=reach)[0]
+
+
 def paint(maps: torch.Tensor, ev: NoduleEvidence, channel: int, density_at: int, logsize_at: int) -> torch.Tensor:
     """One study's raw maps (C, z, y, x) with the nodule channel replaced by the detections' logits, and
     the density and size channels taken from the detector where it is surer than not."""
@@ -460,4 +478,4 @@ def paint_other(maps: torch.Tensor, ev: NoduleEvidence, channel: int) -> torch.T
 
 
 __all__ = ["BACKGROUND_LOGIT", "Detections", "NODULE_FILE", "NoduleDetector", "NoduleEvidence", "as_evidence",
-           "located", "native_to_half", "nodule_slots", "paint", "paint_other", "region_evidence"]
+           "lobes_within", "located", "native_to_half", "nodule_slots", "paint", "paint_other", "region_evidence"]

@@ -38,6 +38,13 @@ MERGE: dict[str, str] = {"mass": "geo"}
 #: on seed 1202 (0.674 -> 0.708) and lowered it on the benchmark's pool (0.648 -> 0.631; docs/model.md, "More
 #: candidates per scan (session 17)"), so it is measured and off.
 EXPLAINED_BY: dict[str, str] = {}
+#: How far (cells of the U-Net's half-resolution grid, each way) a component of a region type looks for its lobe.
+#: A component's lobe is the U-Net's lobe probability at its centroid; at the centroid of a mass or a
+#: consolidation against the chest wall, the U-Net calls the dense tissue background and every lobe's probability
+#: is near zero, so a component the classifier was sure of (0.4-0.9) gave its lobe a presence of 0.001-0.03
+#: (docs/model.md, "Lobes within reach (session 20)").  Each lobe's probability is the largest within this reach
+#: (1: the 3 x 3 x 3 cells around the centroid, 39 x 26 x 26 mm in z, y, x).  0: the centroid's own, as before.
+LOBE_REACH: int = 1
 
 
 class RegionNet(nn.Module):
@@ -159,4 +166,4 @@ class RegionClassifier:
         return RegionDetections(comp.centre, comp.diameter_mm, self.probabilities(comp.features))
 
 
-__all__ = ["CLASSES", "EXPLAINED_BY", "MERGE", "REGION_FILE", "REGION_TYPES", "RegionClassifier", "RegionDetections", "RegionNet"]
+__all__ = ["CLASSES", "EXPLAINED_BY", "LOBE_REACH", "MERGE", "REGION_FILE", "REGION_TYPES", "RegionClassifier", "RegionDetections", "RegionNet"]

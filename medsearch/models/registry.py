@@ -102,10 +102,12 @@ class Encoder:
         if self.nodule_detector is not None:
             self.model_version += "-n" + hashlib.sha256((model_dir / "nodule.pt").read_bytes()).hexdigest()[:6]
             if (model_dir / "regions.pt").exists():
-                from medsearch.models.region_classifier import EXPLAINED_BY, MERGE
+                from medsearch.models.region_classifier import EXPLAINED_BY, LOBE_REACH, MERGE
 
-                # how its evidence meets the U-Net's slots decides the vectors as much as its weights do
-                rules = json.dumps([MERGE, EXPLAINED_BY], sort_keys=True).encode()
+                # how its evidence meets the U-Net's slots decides the vectors as much as its weights do (at a
+                # reach of 0 the tag is the one it was before the reach existed)
+                rules = json.dumps([MERGE, EXPLAINED_BY] + ([LOBE_REACH] if LOBE_REACH else []),
+                                   sort_keys=True).encode()
                 self.model_version += "-r" + hashlib.sha256((model_dir / "regions.pt").read_bytes()
                                                             + rules).hexdigest()[:6]
                 # the learned merge, where one was fitted, lives in the same file (hashed above)

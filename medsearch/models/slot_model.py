@@ -212,8 +212,8 @@ class SlotModel(nn.Module):
         return out
 
     def _with_nodules(self, maps: torch.Tensor, slots: dict[str, torch.Tensor], nodules: list) -> tuple:
-        from medsearch.models.nodule_detector import nodule_slots, paint, paint_other
-        from medsearch.models.region_classifier import EXPLAINED_BY, REGION_TYPES
+        from medsearch.models.nodule_detector import lobes_within, nodule_slots, paint, paint_other
+        from medsearch.models.region_classifier import EXPLAINED_BY, LOBE_REACH, REGION_TYPES
 
         merge = self.region_merge
         regional = [vocab.FINDING_TYPES.index(r) for r in REGION_TYPES]
@@ -235,7 +235,11 @@ class SlotModel(nn.Module):
                     slots[k][b, t] = own[k]
             one = paint(maps[b], ev, nr + t, nr + nt, nr + nt + nd)
             # every type's own slots first: a type's U-Net presence may be explained away by another's
-            owns = {ftype: nodule_slots(other, region[b]) for ftype, other in (ev.others or {}).items()}
+            # the region classifier's components take their lobe from within reach of their centroid
+            others = ev.others or {}
+            lobes = lobes_within(region[b], LOBE_REACH) if any(r in others for r in REGION_TYPES) else None
+            owns = {ftype: nodule_slots(other, lobes if ftype in REGION_TYPES else region[b])
+                    for ftype, other in others.items()}
             # the learned merge reads every region type's two presences before any is changed; a type the
             # classifier found no component of has none there
             unet = slots["presence"][b, regional].clone()

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from medsearch import vocab
-from medsearch.models.region_classifier import MERGE, REGION_TYPES
+from medsearch.models.region_classifier import LOBE_REACH, MERGE, REGION_TYPES
 from medsearch.models.region_merge import DEFAULT_C, RegionMerge, fit_region_merge, lobe_labels
 
 
@@ -30,7 +30,7 @@ def merge_inputs(encoder, studies, batch: int = 8, progress: bool = True) -> tup
         studies: :class:`~medsearch.models.data.Study` list loaded with that detector's evidence.
     """
     from medsearch.models.image_tower_seg import HEAD_SPLIT
-    from medsearch.models.nodule_detector import nodule_slots
+    from medsearch.models.nodule_detector import lobes_within, nodule_slots
     from medsearch.models.preprocess import hu_windows
 
     nr = HEAD_SPLIT[0]
@@ -48,8 +48,9 @@ def merge_inputs(encoder, studies, batch: int = 8, progress: bool = True) -> tup
         for b, st in enumerate(part):
             unet[i + b] = slots["presence"][b, regional].numpy()
             others = (st.nodules.others or {}) if st.nodules is not None else {}
+            lobes = lobes_within(region[b], LOBE_REACH) if others else None
             for k, r in enumerate(REGION_TYPES):
-                own = nodule_slots(others[r], region[b]) if r in others else None
+                own = nodule_slots(others[r], lobes) if r in others else None
                 if own is not None:
                     mine[i + b, k] = own["presence"].numpy()
             labels[i + b] = lobe_labels(st.findings)

@@ -494,15 +494,70 @@ def test_a_region_classifier_beside_the_detector_is_loaded_and_named(tmp_path):
 
     import json
 
-    from medsearch.models.region_classifier import EXPLAINED_BY, MERGE
+    from medsearch.models.region_classifier import EXPLAINED_BY, LOBE_REACH, MERGE
 
-    rules = json.dumps([MERGE, EXPLAINED_BY], sort_keys=True).encode()
+    assert LOBE_REACH == 1
+    rules = json.dumps([MERGE, EXPLAINED_BY, LOBE_REACH], sort_keys=True).encode()
     tag = "-r" + hashlib.sha256((model / REGION_FILE).read_bytes() + rules).hexdigest()[:6]
     with_regions = Encoder(model).model_version
     (model / REGION_FILE).unlink()
     without = Encoder(model).model_version
     assert tag in with_regions and "-r" not in without
     assert with_regions.replace(tag, "") == without                      # only the tag tells them apart
+
+
+def test_lobes_within_reach_take_each_lobes_largest_probability_around_a_cell():
+    from medsearch.models.nodule_detector import lobes_within
+
+    region = torch.zeros(len(vocab.LOBES), 4, 5, 5)
+    region[2, 1, 2, 3] = 0.9                      # one cell of lobe 2 beside a centre the U-Net calls background
+    region[0, 3, 4, 4] = 0.5                      # lobe 0, two cells away from the centre
+    assert lobes_within(region, 0) is region      # a reach of 0: the cell's own
+    near = lobes_within(region, 1)
+    assert near.shape == region.shape
+    assert near[2, 1, 2, 2] == pytest.approx(0.9) and near[2, 1, 2, 1] == 0.0       # one cell away, not two
+    assert near[0, 1, 2, 2] == 0.0 and near[0, 2, 3, 3] == pytest.approx(0.5)
+    assert near[:, 1, 2, 2].sum() == pytest.approx(0.9)                            # other lobes stay out
+    assert torch.equal(lobes_within(region, 1), near)                              # the input is left as it was
+    assert region[2, 1, 2, 2] == 0.0
+
+
+def test_region_components_take_their_lobe_within_reach_and_the_detectors_own_types_do_not():
+    """A mass against the chest wall: its centroid is a cell the U-Net calls background, its lobe one cell away.
+    The region classifier's mass there gives that lobe its presence; a cavity from the detector at the same cell
+    keeps the centroid's own (near zero) lobe probabilities."""
+    from medsearch.models.image_tower_seg import HEAD_SPLIT
+    from medsearch.models.nodule_detector import NoduleEvidence
+    from medsearch.models.slot_model import SlotModel
+
+    nr = HEAD_SPLIT[0]
+    model = SlotModel()
+    model.region_merge = None
+    shape = (4, 6, 6)
+    maps = torch.zeros(1, sum(HEAD_SPLIT), *shape)
+    maps[0, :nr] = -20.0
+    maps[0, 0] = 20.0                             # background everywhere ...
+    maps[0, 0, 1, 2, 3] = -20.0
+    maps[0, 1 + 2, 1, 2, 3] = 20.0                # ... but one cell of lobe 2 beside the centroid (1, 2, 2)
+    with torch.no_grad():
+        slots = model.image.slots(maps)
+    slots["presence"].zero_()
+
+    def at(p: float) -> NoduleEvidence:
+        return NoduleEvidence(np.array([[1.0, 2.0, 2.0]]), np.array([p], np.float32), np.log(np.array([40.0], np.float32)),
+                              np.eye(len(vocab.DENSITIES), dtype=np.float32)[:1], np.zeros((1, 3)))
+
+    ev = NoduleEvidence(np.zeros((0, 3)), np.zeros(0, np.float32), np.zeros(0, np.float32),
+                        np.zeros((0, len(vocab.DENSITIES)), np.float32), np.zeros((0, 3)),
+                        others={"mass": at(0.8), "cavity": at(0.8)})
+    mass, cavity = vocab.FINDING_TYPES.index("mass"), vocab.FINDING_TYPES.index("cavity")
+    # masses meet the U-Net by the geometric mean: give the U-Net's mass a presence everywhere to see the lobes
+    slots["presence"][0, mass] = 1.0
+    with torch.no_grad():
+        _, out = model._with_nodules(maps, slots, [ev])
+    assert float(out["presence"][0, mass, 2]) == pytest.approx(0.8 ** 0.5, abs=1e-4)
+    assert float(out["presence"][0, mass].sum()) == pytest.approx(0.8 ** 0.5, abs=1e-4)   # that lobe only
+    assert float(out["presence"][0, cavity].max()) < 1e-6                                 # its centroid's own lobes
 
 
 def test_masses_need_both_the_unet_and_the_region_classifier():

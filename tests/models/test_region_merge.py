@@ -139,7 +139,8 @@ def _evidence(cells, probs):
 
 def test_the_slot_model_takes_a_merged_types_presence_from_the_merge():
     from medsearch.models.image_tower_seg import HEAD_SPLIT
-    from medsearch.models.nodule_detector import NoduleEvidence, nodule_slots
+    from medsearch.models.nodule_detector import NoduleEvidence, lobes_within, nodule_slots
+    from medsearch.models.region_classifier import LOBE_REACH
     from medsearch.models.slot_model import SlotModel
 
     torch.manual_seed(0)
@@ -160,7 +161,7 @@ def test_the_slot_model_takes_a_merged_types_presence_from_the_merge():
         unet = model.image.slots(model.image(x)[0])["presence"][0, idx]
     region = torch.softmax(out["maps"][:, :HEAD_SPLIT[0]], dim=1)[0, 1:]
     mine = torch.zeros_like(unet)
-    mine[MASS] = nodule_slots(ev.others["mass"], region)["presence"]
+    mine[MASS] = nodule_slots(ev.others["mass"], lobes_within(region, LOBE_REACH))["presence"]
     assert torch.allclose(out["presence"][0, cons], merge.presence("consolidation", unet, mine), atol=1e-6)
     assert torch.allclose(out["presence"][0, cons],
                           torch.sigmoid(torch.logit(unet[CONS].clamp(1e-4, 1 - 1e-4))
