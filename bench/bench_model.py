@@ -10,8 +10,10 @@ beside a plain forward pass of the same network measured in the same run:
 
 - image: ``encode_volume`` (canonical resampling + windows + network + heads decoding, and
   the nodule detector when the model has one) against the bare image network on an
-  already-preprocessed tensor; the detector's own time is reported beside it;
-- text: ``encode_text`` (MiniLM + projection) against a bare MiniLM forward pass.
+  already-preprocessed tensor, with PyTorch's own choice of convolution kernel; the
+  encoder's oneDNN forward pass (``image_onednn_forward_ms``) and the detector's own time
+  are reported beside it;
+- text: ``encode_text`` (MiniLM + projection) against a bare transformers MiniLM forward pass.
 
 With a nodule detector (``nodule.pt``), the FP32 metrics are also measured without it
 (``fp32_unet_only``), on the same pool in the same run: the detector's gain.
@@ -22,6 +24,7 @@ Writes bench/results/model.json and prints a short table.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -67,15 +70,19 @@ def _volume_from_pool(pool: Path):
 
 @torch.no_grad()
 def speed(enc: registry.Encoder, vol, repeats: int) -> dict:
+    from medsearch.models.onednn import plain_convolutions
     from medsearch.models.preprocess import to_canonical
 
     canon, _ = to_canonical(vol, enc.config["canonical_spacing_mm"], enc.config["canonical_shape"])
     x = HUWindows(enc.config["windows_hu"])(torch.from_numpy(canon))[None]
     image_net = enc.model.image
+    # the plain forward pass: the same network with PyTorch's own choice of convolution kernel
+    plain_net = plain_convolutions(copy.deepcopy(image_net))
     tok = enc.minilm.tokenizer(["right lower lobe 8 mm solid nodule"], return_tensors="pt")
     out = {
         "image_encode_volume_ms": _median_ms(lambda: enc.encode_volume(vol), repeats),
-        "image_plain_forward_ms": _median_ms(lambda: image_net(x), repeats),
+        "image_plain_forward_ms": _median_ms(lambda: plain_net(x), repeats),
+        "image_onednn_forward_ms": _median_ms(lambda: image_net(x), repeats),
         **({"image_nodule_detector_ms": _median_ms(lambda: enc.nodule_detector.detect(vol.hu, vol.spacing), repeats)}
            if enc.nodule_detector is not None else {}),
         "text_encode_ms": _median_ms(lambda: [enc.encode_text(q) for q in QUERIES], repeats) / len(QUERIES),

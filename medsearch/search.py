@@ -216,7 +216,7 @@ def _text_features(inst, canonical: str, want_tokens: bool):
     with torch.inference_mode():
         tok = minilm.tokenizer([canonical], padding=True, truncation=True, max_length=minilm.max_length,
                                return_tensors="pt")
-        hidden = minilm.bert(**tok).last_hidden_state
+        hidden = minilm.hidden_states(tok)
         mask = tok["attention_mask"]
         w = mask.unsqueeze(-1).to(hidden.dtype)
         if hasattr(model, "encode_text"):

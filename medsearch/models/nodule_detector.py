@@ -31,6 +31,7 @@ components on the same grid and with the same lung mask: its masses, consolidati
 from __future__ import annotations
 
 import pickle
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -281,18 +282,26 @@ class NoduleDetector:
         offsets = torch.tensor([self.offset] + [self.calibration[t][1] for t in self.types[1:]], dtype=logits.dtype)
         return logits * scales + offsets
 
-    def detect(self, hu: np.ndarray, spacing) -> Detections:
+    def detect(self, hu: np.ndarray, spacing, pool: Executor | None = None) -> Detections:
         """Nodules (and the other types it scores) of one scan ``hu`` (z, y, x) with ``spacing``
-        (dz, dy, dx) mm; indices on its grid."""
+        (dz, dy, dx) mm; indices on its grid.
+
+        With a ``pool``, the region classifier runs there, beside the candidates and their networks (it
+        needs only the lung mask); the detections are the same either way.  The pool must not be the one
+        this call runs in, or a pool whose workers may all be waiting on such calls.
+        """
         grid, sp, step = _detection_grid(np.asarray(hu), spacing)
         lungs = lung_mask(grid, tuple(sp))
+        pending = None
+        if self.regions is not None and pool is not None:
+            pending = pool.submit(self.regions.detect, grid, tuple(sp), lungs)
         cands = find_candidates(grid, tuple(sp), lungs, self.max_candidates)
         p, diameter, density, others = self.score_types(extract_patches(grid, tuple(sp), cands.index),
                                                         cands.features())
         index = cands.index * step + (step - 1) / 2.0
         regions = None
         if self.regions is not None:
-            regions = self.regions.detect(grid, tuple(sp), lungs)
+            regions = pending.result() if pending is not None else self.regions.detect(grid, tuple(sp), lungs)
             regions.index = regions.index * step + (step - 1) / 2.0
         return Detections(index.astype(np.float64), p, diameter, density, LungGrid(lungs, step), others or None,
                           regions)

@@ -93,7 +93,10 @@ class Encoder:
             from medsearch.models.quantize import quantize_dual
 
             model = quantize_dual(model)
-        self.model = model
+        from medsearch.models.onednn import use_onednn
+
+        # PyTorch would run most of the U-Net's convolutions of one volume in its slow reference kernel
+        self.model = use_onednn(model)
         # the nodule detector (nodule.pt) of models trained with 'medsearch train-nodules'; it stays FP32:
         # its patch classifier is small and INT8 would cost it more accuracy than time
         from medsearch.models.nodule_detector import NoduleDetector
@@ -133,7 +136,10 @@ class Encoder:
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodule-detector")
+            # two pools of one worker each: the detector's call waits on its region stage, so the two never
+            # share a worker (one pool of two could fill with calls waiting on queued region stages)
+            self._pool = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodule-detector"),
+                          ThreadPoolExecutor(max_workers=1, thread_name_prefix="region-classifier"))
         return self._pool
 
     @property
@@ -171,7 +177,8 @@ class Encoder:
         if self.nodule_detector is not None:
             # the detector (numpy/scipy and a small network) works on the scan's own grid, so it starts
             # before the resampling and runs beside it and the U-Net's forward pass (docs/model.md, "Speed")
-            pending = self._detect_pool().submit(self.nodule_detector.detect, vol.hu, vol.spacing)
+            detector, regions = self._detect_pool()
+            pending = detector.submit(self.nodule_detector.detect, vol.hu, vol.spacing, regions)
         canon, affine = to_canonical(vol, self.config["canonical_spacing_mm"], self.config["canonical_shape"])
         x = HUWindows(self.config["windows_hu"])(torch.from_numpy(canon))[None]
         if self.nodule_detector is not None:

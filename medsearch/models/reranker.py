@@ -131,7 +131,7 @@ class TextTokens:
         m = self.minilm
         tok = m.tokenizer(list(texts), padding=True, truncation=True, max_length=min(m.max_length, 48),
                           return_tensors="pt")
-        hidden = m.bert(**tok).last_hidden_state
+        hidden = m.hidden_states(tok)
         return hidden, tok["attention_mask"].bool()
 
 

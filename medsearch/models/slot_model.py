@@ -198,9 +198,10 @@ class SlotModel(nn.Module):
         callable returning that list: it is called after the U-Net's forward pass, so that the caller can
         run the detector concurrently with it."""
         maps, _ = self.image(x)
+        # the U-Net's own slots first: a caller's detector may still be running
+        out = dict(self.image.slots(maps))
         if callable(nodules):
             nodules = nodules()
-        out = dict(self.image.slots(maps))
         if nodules is not None:
             maps, out = self._with_nodules(maps, out, nodules)
         out["maps"] = maps

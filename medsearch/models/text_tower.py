@@ -51,9 +51,82 @@ class MiniLM(nn.Module):
         tok = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                              return_tensors="pt")
         tok = {k: v.to(next(self.bert.parameters()).device) for k, v in tok.items()}
-        hidden = self.bert(**tok).last_hidden_state
+        hidden = self.hidden_states(tok)
         mask = tok["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+
+    def hidden_states(self, tok: dict) -> torch.Tensor:
+        """(B, T, 384) MiniLM's last hidden states of tokenizer output ``tok``: those of ``self.bert``, through
+        the lean pass where it applies."""
+        lean = self._lean_bert()
+        if lean is not None and not torch.is_grad_enabled():
+            return lean(tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids"))
+        return self.bert(**tok).last_hidden_state
+
+    def _lean_bert(self) -> "_LeanBert | None":
+        """The lean forward pass over ``self.bert``'s current weights, or None where it does not apply (an
+        INT8 ``bert``, another architecture)."""
+        bert = self.bert
+        cached = getattr(self, "_lean", None)
+        if cached is not None and cached.bert is bert:
+            return cached
+        self._lean = _LeanBert(bert) if _LeanBert.applies(bert) else None
+        return self._lean
+
+
+class _LeanBert:
+    """BERT's eval-mode forward pass as a dozen functional calls per layer over a loaded ``BertModel``'s
+    own weight tensors: the same arithmetic in the same order as transformers' (SDPA attention, exact GELU),
+    so the same hidden states, without its per-module Python (hooks, signature checks, mask helpers), which
+    is about a sixth of a short query's time (docs/model.md, "Speed").  Only for the layout it was written
+    against: :meth:`applies` says when.
+
+    Shapes:
+        ``__call__(input_ids, attention_mask, token_type_ids=None)``: (B, T) each -> (B, T, hidden).
+    """
+
+    def __init__(self, bert: nn.Module):
+        self.bert = bert
+        emb, cfg = bert.embeddings, bert.config
+        self.word, self.position = emb.word_embeddings.weight, emb.position_embeddings.weight
+        self.token_type = emb.token_type_embeddings.weight
+        self.norm = (emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+        self.heads = int(cfg.num_attention_heads)
+        self.layers = []
+        for layer in bert.encoder.layer:
+            att = layer.attention
+            self.layers.append((
+                att.self.query, att.self.key, att.self.value, att.output.dense,
+                (att.output.LayerNorm.weight, att.output.LayerNorm.bias, att.output.LayerNorm.eps),
+                layer.intermediate.dense, layer.output.dense,
+                (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps)))
+
+    @staticmethod
+    def applies(bert: nn.Module) -> bool:
+        """Whether ``bert`` is a plain FP32 BertModel in eval mode with absolute positions and exact GELU."""
+        cfg = getattr(bert, "config", None)
+        if (type(bert).__name__ != "BertModel" or cfg is None or bert.training
+                or getattr(cfg, "position_embedding_type", "absolute") != "absolute"
+                or cfg.hidden_act != "gelu" or cfg.is_decoder):
+            return False
+        return all(type(m) is nn.Linear for m in bert.encoder.modules() if "Linear" in type(m).__name__)
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        b, t = input_ids.shape
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        h = self.word[input_ids] + self.token_type[token_type_ids] + self.position[:t]
+        h = F.layer_norm(h, h.shape[-1:], *self.norm)
+        keys = attention_mask.bool()[:, None, None, :]          # (B, 1, 1, T): a query sees the real tokens
+        for query, key, value, out, norm1, up, down, norm2 in self.layers:
+            q, k, v = (F.linear(h, m.weight, m.bias).view(b, t, self.heads, -1).transpose(1, 2)
+                       for m in (query, key, value))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keys).transpose(1, 2).reshape(b, t, -1)
+            h = F.layer_norm(F.linear(a, out.weight, out.bias) + h, h.shape[-1:], *norm1)
+            m = F.linear(F.gelu(F.linear(h, up.weight, up.bias)), down.weight, down.bias)
+            h = F.layer_norm(m + h, h.shape[-1:], *norm2)
+        return h
 
 
 class TextProjection(nn.Module):

@@ -474,6 +474,26 @@ def test_the_region_classifiers_components_travel_as_evidence_of_each_region_typ
     assert _with_regions(-12.0).evidence(vol, affine).others["mass"].probability.size == 0
 
 
+def test_the_region_stage_in_a_pool_finds_what_it_finds_in_line():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsearch.synth.study import generate_study
+
+    det = _with_regions(12.0)
+    st = generate_study(1303, 5, 128, findings=["mass", "nodule"])
+    in_line = det.detect(st.hu, st.spacing)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        beside = det.detect(st.hu, st.spacing, pool)
+    assert len(in_line) >= 1 and len(in_line.regions) >= 1
+    for name in ("index", "probability", "diameter_mm", "density"):
+        assert np.array_equal(getattr(in_line, name), getattr(beside, name)), name
+    for name in ("index", "diameter_mm"):
+        assert np.array_equal(getattr(in_line.regions, name), getattr(beside.regions, name)), name
+    assert in_line.regions.probability.keys() == beside.regions.probability.keys()
+    for t, p in in_line.regions.probability.items():
+        assert np.array_equal(p, beside.regions.probability[t])
+
+
 def test_a_region_classifier_beside_the_detector_is_loaded_and_named(tmp_path):
     import shutil
 
