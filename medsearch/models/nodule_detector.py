@@ -263,7 +263,8 @@ class NoduleDetector:
         x, f = torch.from_numpy(patches), torch.from_numpy(features)
         log_odds, logsizes, densities = [], [], []
         for det in self.networks():
-            outs = [det.net(x[i:i + SCORE_BATCH], f[i:i + SCORE_BATCH]) for i in range(0, len(x), SCORE_BATCH)]
+            net = det.scoring_net()
+            outs = [net(x[i:i + SCORE_BATCH], f[i:i + SCORE_BATCH]) for i in range(0, len(x), SCORE_BATCH)]
             logits, logsize, dens = (torch.cat(parts) for parts in zip(*outs))
             log_odds.append(det.calibrated_log_odds(logits))
             logsizes.append(logsize)
@@ -275,6 +276,23 @@ class NoduleDetector:
         others = {t: p[:, k].numpy().astype(np.float32) for k, t in enumerate(self.types) if k}
         return (p[:, 0].numpy().astype(np.float32), torch.stack(logsizes).mean(dim=0).exp().numpy().astype(np.float32),
                 torch.stack(densities).mean(dim=0).numpy().astype(np.float32), others)
+
+    def scoring_net(self) -> torch.nn.Module:
+        """The network that scores candidates: ``self.net`` with its batch norms folded into its convolutions
+        (:func:`~medsearch.models.batchnorm_folding.folded_copy`, about a fifth faster), or ``self.net`` itself
+        in training mode.  The copy is made once and made again whenever ``self.net`` or any of its tensors
+        changes (moved, or updated in place)."""
+        net = self.net
+        if net.training:
+            return net
+        # a tensor updated in place keeps its storage and bumps its version counter
+        key = (id(net), *((t.data_ptr(), t._version) for t in net.state_dict().values()))
+        cached = getattr(self, "_scoring", None)
+        if cached is None or cached[0] != key:
+            from medsearch.models.batchnorm_folding import folded_copy
+
+            cached = self._scoring = (key, folded_copy(net))
+        return cached[1]
 
     def calibrated_log_odds(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, types) this network's raw logits (N, types) through its own Platt calibrations."""
